@@ -1,0 +1,90 @@
+"""Checks applied to every modality before and while it is written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..errors import InputError
+from .source import ChunkSource, Kind, Matrix
+
+
+def check_tables(source: ChunkSource) -> None:
+    """Check the obs/var tables of a source: non-empty, unique ids."""
+    if source.obs.shape[0] == 0:
+        raise InputError(source.name, "obs", "the input has no cells", "check that the file is the right one and not empty")
+    if source.var.shape[0] == 0:
+        raise InputError(source.name, "var", "the input has no features", "check that the file is the right one and not empty")
+    for axis, index in (("obs_names (cell ids)", source.obs.index), ("var_names (feature names)", source.var.index)):
+        if not index.is_unique:
+            dup = index[index.duplicated()].unique()[:5].tolist()
+            raise InputError(
+                source.name,
+                axis,
+                f"{int(index.duplicated().sum())} duplicated ids, e.g. {dup}",
+                "make them unique (AnnData.obs_names_make_unique() / var_names_make_unique()) before converting",
+            )
+
+
+def _values(X: Matrix) -> np.ndarray:
+    return X.data if sp.issparse(X) else np.asarray(X).ravel()
+
+
+def _first_bad_row(X: Matrix, bad: np.ndarray) -> int:
+    """Row (within the chunk) of the first flagged value."""
+    pos = int(np.flatnonzero(bad)[0])
+    if sp.issparse(X):
+        return int(np.searchsorted(X.indptr, pos, side="right") - 1)
+    return pos // X.shape[1]
+
+
+class ValueChecker:
+    """Checks matrix chunks in order and settles the matrix kind (counts or normalized).
+
+    With ``kind=None`` the first chunk decides: integer-valued and non-negative means counts. A counts matrix
+    must stay non-negative and integer-valued in every later chunk.
+    """
+
+    def __init__(self, name: str, kind: Kind | None) -> None:
+        self.name = name
+        self.kind: Kind | None = kind
+
+    def check(self, start: int, X: Matrix) -> None:
+        v = _values(X)
+        finite = np.isfinite(v)
+        if not finite.all():
+            row = start + _first_bad_row(X, ~finite)
+            raise InputError(self.name, "X", f"NaN or Inf value in cell row {row}", "remove or impute non-finite values before converting")
+        if self.kind is None:
+            integer = bool(np.all(v == np.round(v)))
+            self.kind = "counts" if integer and (v.size == 0 or v.min() >= 0) else "normalized"
+            if integer and v.size and v.min() < 0:
+                row = start + _first_bad_row(X, v < 0)
+                raise InputError(
+                    self.name,
+                    "X",
+                    f"integer-valued matrix (looks like counts) with a negative value in cell row {row}",
+                    "counts must be >= 0: fix the matrix, or pass --kind normalized if it is not counts",
+                )
+        if self.kind == "counts":
+            if v.size and v.min() < 0:
+                row = start + _first_bad_row(X, v < 0)
+                raise InputError(self.name, "X", f"negative value in a counts matrix at cell row {row}", "counts must be >= 0: fix the matrix, or pass --kind normalized if it is not counts")
+            frac = v != np.round(v)
+            if frac.any():
+                row = start + _first_bad_row(X, frac)
+                raise InputError(self.name, "X", f"non-integer value in a counts matrix at cell row {row}", "pass --kind normalized if the matrix is not raw counts")
+
+
+def obs_for_storage(obs: pd.DataFrame) -> pd.DataFrame:
+    """Obs table with string columns as categoricals where that is compact, and a string index."""
+    out = obs.copy()
+    out.index = out.index.astype(str)
+    out.index.name = None
+    for col in out.columns:
+        if out[col].dtype == object:
+            out[col] = out[col].astype(str)
+            if out[col].nunique() <= max(1000, len(out) // 10):
+                out[col] = out[col].astype("category")
+    return out
