@@ -1,0 +1,51 @@
+"""Open a modality store from a path: ``.zarr``, ``SOMA_DIR::MEASUREMENT`` or ``.h5ad`` (backed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import InputError
+from .store import ModalityStore
+
+
+def open_modality(path: str | os.PathLike, modality: str | None = None) -> ModalityStore:
+    """Open one modality for streaming.
+
+    Parameters
+    ----------
+    path
+        A Zarr store in the AnnData layout (a directory), ``SOMA_EXPERIMENT::MEASUREMENT``, or a ``.h5ad`` file
+        (read in backed mode, row ranges at a time).
+    modality
+        Name to give the modality (default: the one recorded in the store, or the measurement / file name).
+
+    Raises
+    ------
+    InputError
+        When the path does not exist or is not a supported store.
+    """
+    text = str(path)
+    if "::" in text:
+        from .soma_store import SomaStore
+
+        experiment, measurement = text.rsplit("::", 1)
+        store = SomaStore(experiment, measurement)
+        if modality:
+            store.modality = modality
+        return store
+    p = Path(text)
+    if not p.exists():
+        raise InputError(p, "path", "does not exist", "pass an existing .zarr directory, .h5ad file or SOMA_DIR::MEASUREMENT")
+    if p.is_dir() and ((p / "zarr.json").exists() or (p / ".zgroup").exists()):
+        from .zarr_store import ZarrStore
+
+        return ZarrStore(p, modality)
+    if p.suffix == ".h5ad":
+        from .readers import H5adStore
+
+        return H5adStore(p, modality)
+    if p.is_dir() and (p / "__tiledb_group.tdb").exists() or (p / "__group").exists():
+        raise InputError(p, "path", "is a SOMA experiment but no measurement was named", f"pass {p}::MEASUREMENT (e.g. {p}::rna)")
+    raise InputError(p, "format", "not a Zarr store, SOMA measurement or .h5ad file",
+                     "convert it first: `cellweave convert INPUT OUT --format zarr`")

@@ -1,0 +1,515 @@
+"""TileDB-SOMA modality stores: one Experiment, one Measurement per modality.
+
+:func:`write_soma` streams :class:`~cellweave.data.source.ChunkSource` objects into a new SOMA Experiment,
+chunk by chunk: every source becomes a measurement ``ms[modality]`` whose ``X["data"]`` is a float32
+``SparseNDArray`` (dense sources store their nonzeros and are flagged dense in the measurement metadata).
+Paired sources share their cells: ``obs`` holds each cell once, with ``has_<modality>`` columns when not
+every cell is in every measurement.
+
+:class:`SomaStore` reads one measurement by row ranges with a single coordinate read per call. It also
+opens experiments written by ``tiledbsoma.io.from_anndata`` / ``from_h5ad``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+import tiledbsoma as soma
+
+from ..errors import InputError
+from .atomic import atomic_output
+from .source import ChunkSource, Kind, Matrix
+from .store import ModalityStore, Ranges
+from .validate import ValueChecker, check_tables, obs_for_storage
+
+DEFAULT_CHUNK_ROWS = 4096
+WRITE_NNZ = 1 << 22  # coordinates buffered per SparseNDArray write (bounds fragments and memory)
+KIND_SAMPLE = 1 << 16  # values sampled to infer counts vs normalized when the metadata does not say
+
+JOINID = "soma_joinid"
+OBS_ID = "obs_id"
+VAR_ID = "var_id"
+DATA_LAYER = "data"
+META_KIND = "cellweave_kind"
+META_DENSE = "cellweave_dense"
+
+
+def _has_column(modality: str) -> str:
+    return f"has_{modality}"
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _union_column(parts: list[tuple[pd.Series, np.ndarray]], n: int) -> pd.Series:
+    """One obs column over all ``n`` cells from the sources that have it (first non-missing value wins).
+
+    ``parts`` pairs each source's column with the joinids of that source's rows.
+    """
+    strings = any(isinstance(s.dtype, pd.CategoricalDtype) or s.dtype == object for s, _ in parts)
+    out: pd.Series | None = None
+    for column, joinids in parts:
+        values = column.astype(object) if strings else column.array
+        part = pd.Series(values, index=joinids).reindex(pd.RangeIndex(n))
+        out = part if out is None else out.where(out.notna(), part)
+    assert out is not None
+    cats = [s.cat for s, _ in parts if isinstance(s.dtype, pd.CategoricalDtype)]
+    if cats:
+        categories = pd.unique(np.concatenate([c.categories.to_numpy(dtype=object) for c in cats]))
+        return pd.Series(pd.Categorical(out, categories=categories, ordered=bool(cats[0].ordered)))
+    if out.dtype == object and all(pd.api.types.is_bool_dtype(s.dtype) for s, _ in parts):
+        return out.astype("boolean")
+    return out
+
+
+def _check_reserved(source: ChunkSource, table: pd.DataFrame, field: str, reserved: set[str]) -> None:
+    clash = sorted(reserved.intersection(map(str, table.columns)))
+    if clash:
+        raise InputError(
+            source.name,
+            field,
+            f"column names {clash} are reserved by the SOMA layout",
+            "rename these columns before converting",
+        )
+
+
+def _union_obs(sources: Sequence[ChunkSource]) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """Obs over the union of cells (first appearance order) and each source's row -> joinid map."""
+    tables = [obs_for_storage(s.obs) for s in sources]
+    ids = pd.Index(pd.unique(np.concatenate([t.index.to_numpy(dtype=object) for t in tables])))
+    joinids = [ids.get_indexer(t.index).astype(np.int64) for t in tables]
+    n = len(ids)
+    names = list(dict.fromkeys(str(c) for t in tables for c in t.columns))
+    columns = {
+        name: _union_column([(t[name], j) for t, j in zip(tables, joinids) if name in t.columns], n) for name in names
+    }
+    obs = pd.DataFrame({JOINID: np.arange(n, dtype=np.int64), OBS_ID: ids.to_numpy(dtype=object), **columns})
+    if any(len(j) != n for j in joinids):
+        for source, j in zip(sources, joinids):
+            has = np.zeros(n, dtype=bool)
+            has[j] = True
+            obs[_has_column(source.modality)] = has
+    return obs, joinids
+
+
+def _var_table(source: ChunkSource) -> pd.DataFrame:
+    var = obs_for_storage(source.var)
+    return pd.DataFrame(
+        {JOINID: np.arange(len(var), dtype=np.int64), VAR_ID: var.index.to_numpy(dtype=object), **var.to_dict("series")}
+    ).reset_index(drop=True)
+
+
+def _to_arrow(df: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False).replace_schema_metadata(None)
+
+
+def _write_dataframe(uri: str, df: pd.DataFrame, context: soma.SOMATileDBContext) -> soma.DataFrame:
+    table = _to_arrow(df)
+    with soma.DataFrame.create(uri, schema=table.schema, domain=[(0, len(df) - 1)], context=context) as out:
+        out.write(table)
+    return out
+
+
+def _coo(X: Matrix, row_joinids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nonzero coordinates of a chunk: (cell joinids, feature joinids, float32 values)."""
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        if not X.has_canonical_format:
+            X = X.copy()
+            X.sum_duplicates()
+        rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+        cols, values = X.indices, X.data
+    else:
+        X = np.asarray(X)
+        rows, cols = np.nonzero(X)
+        values = X[rows, cols]
+    return row_joinids[rows], cols.astype(np.int64), values.astype(np.float32, copy=False)
+
+
+class _SparseWriter:
+    """Buffer COO coordinates and write them to a SparseNDArray in few, large fragments."""
+
+    def __init__(self, array: soma.SparseNDArray) -> None:
+        self.array = array
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._nnz = 0
+        self._writes = 0
+
+    def append(self, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:
+        self._parts.append((i, j, d))
+        self._nnz += len(d)
+        if self._nnz >= WRITE_NNZ:
+            self._flush()
+
+    def _flush(self, options: soma.TileDBWriteOptions | None = None) -> None:
+        if not self._nnz:
+            return
+        i, j, d = (np.concatenate(p) for p in zip(*self._parts))
+        table = pa.table({"soma_dim_0": pa.array(i), "soma_dim_1": pa.array(j), "soma_data": pa.array(d)})
+        self.array.write(table, platform_config=options)
+        self._parts, self._nnz = [], 0
+        self._writes += 1
+
+    def close(self) -> None:
+        """Write what is buffered; consolidate when the array ended up in several fragments."""
+        if self._writes and self._nnz:
+            self._flush(soma.TileDBWriteOptions(consolidate_and_vacuum=True))
+        else:
+            self._flush()
+
+
+def _check_modalities(sources: Sequence[ChunkSource]) -> None:
+    seen: dict[str, str] = {}
+    for source in sources:
+        mod = source.modality
+        if not mod or "/" in mod:
+            raise InputError(source.name, "modality", f"invalid measurement name {mod!r}", "use a non-empty name without '/'")
+        if mod in seen:
+            raise InputError(
+                source.name,
+                "modality",
+                f"modality {mod!r} is also used by {seen[mod]}",
+                "give every source its own modality name (one SOMA measurement each)",
+            )
+        seen[mod] = source.name
+
+
+def write_soma(
+    sources: Sequence[ChunkSource],
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Write modalities to one SOMA Experiment at ``out``, one measurement per source, chunk by chunk.
+
+    Cells are joined by id: ``obs`` holds every cell once, in order of first appearance, with the union of
+    the sources' obs columns plus ``obs_id``; when some cell is missing from some measurement, a boolean
+    ``has_<modality>`` column per modality says which cells each measurement has. Each measurement stores
+    ``var`` (``var_id`` plus the source's columns), ``X["data"]`` (float32 ``SparseNDArray`` indexed by cell
+    and feature joinids) and the metadata ``cellweave_kind`` and ``cellweave_dense``.
+
+    Tables are checked before anything is written and values as they stream (NaN/Inf, negative or
+    fractional counts). On any error nothing is left under ``out``.
+
+    Parameters
+    ----------
+    sources
+        The modalities; their ``modality`` names become measurement names and must be unique.
+    out
+        Target directory of the experiment.
+    overwrite
+        Replace an existing ``out``.
+    chunk_rows
+        Rows read from a source at a time.
+    progress
+        Optional callable ``progress(n_rows)`` called after each chunk.
+
+    Returns
+    -------
+    Path
+        ``out``.
+
+    Raises
+    ------
+    InputError
+        No sources, duplicate modality names, reserved column names, bad ids or values, or ``out`` exists
+        without ``overwrite``.
+    """
+    if not sources:
+        raise InputError(str(out), "sources", "no modality to write", "pass at least one source")
+    _check_modalities(sources)
+    for source in sources:
+        check_tables(source)
+    has = {_has_column(s.modality) for s in sources}
+    for source in sources:
+        _check_reserved(source, source.obs, "obs columns", {JOINID, OBS_ID, *has})
+        _check_reserved(source, source.var, "var columns", {JOINID, VAR_ID})
+    obs, row_joinids = _union_obs(sources)
+
+    with atomic_output(out, overwrite) as tmp:
+        context = soma.SOMATileDBContext()
+        uri = str(tmp)
+        with soma.Experiment.create(uri, context=context) as exp:
+            exp.set("obs", _write_dataframe(f"{uri}/obs", obs, context), use_relative_uri=True)
+            with soma.Collection.create(f"{uri}/ms", context=context) as ms:
+                exp.set("ms", ms, use_relative_uri=True)
+                for source, joinids in zip(sources, row_joinids):
+                    _write_measurement(ms, f"{uri}/ms/{source.modality}", source, joinids, len(obs), chunk_rows, progress, context)
+    return Path(out)
+
+
+def _write_measurement(
+    ms: soma.Collection,
+    uri: str,
+    source: ChunkSource,
+    row_joinids: np.ndarray,
+    n_cells: int,
+    chunk_rows: int,
+    progress: Callable[[int], None] | None,
+    context: soma.SOMATileDBContext,
+) -> None:
+    n_vars = source.var.shape[0]
+    checker = ValueChecker(source.name, source.kind)
+    with soma.Measurement.create(uri, context=context) as meas:
+        ms.set(source.modality, meas, use_relative_uri=True)
+        meas.set("var", _write_dataframe(f"{uri}/var", _var_table(source), context), use_relative_uri=True)
+        with soma.Collection.create(f"{uri}/X", context=context) as layers:
+            meas.set("X", layers, use_relative_uri=True)
+            with soma.SparseNDArray.create(
+                f"{uri}/X/{DATA_LAYER}", type=pa.float32(), shape=(n_cells, n_vars), context=context
+            ) as array:
+                layers.set(DATA_LAYER, array, use_relative_uri=True)
+                writer = _SparseWriter(array)
+                n_rows = 0
+                for start, X in source.iter_chunks(chunk_rows):
+                    if X.shape[1] != n_vars or start != n_rows:
+                        raise InputError(
+                            source.name, "X", f"chunk at row {start} has shape {X.shape}, expected {n_vars} columns from row {n_rows}",
+                            "the matrix must match var and come in row order",
+                        )
+                    checker.check(start, X)
+                    writer.append(*_coo(X, row_joinids[start : start + X.shape[0]]))
+                    n_rows += X.shape[0]
+                    if progress is not None:
+                        progress(X.shape[0])
+                if n_rows != len(row_joinids):
+                    raise InputError(source.name, "X", f"{n_rows} matrix rows for {len(row_joinids)} cells in obs", "obs and X must have the same cells")
+                writer.close()
+        meas.metadata[META_KIND] = checker.kind or "counts"
+        meas.metadata[META_DENSE] = not source.sparse
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _range_rows(ranges: Ranges) -> np.ndarray:
+    """Row positions of ``[start, stop)`` ranges, concatenated."""
+    ranges = [(a, b) for a, b in ranges if b > a]
+    if not ranges:
+        return np.zeros(0, dtype=np.int64)
+    if len(ranges) == 1:
+        return np.arange(ranges[0][0], ranges[0][1], dtype=np.int64)
+    starts = np.array([a for a, _ in ranges], dtype=np.int64)
+    lengths = np.array([b - a for a, b in ranges], dtype=np.int64)
+    offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+    return np.arange(int(lengths.sum()), dtype=np.int64) + offsets
+
+
+class _Lookup:
+    """Sorted unique joinids to read, and how to map read results back to the requested order."""
+
+    def __init__(self, joinids: np.ndarray) -> None:
+        if len(joinids) < 2 or bool(np.all(joinids[1:] > joinids[:-1])):
+            self.unique, self.take = joinids, None
+        else:
+            self.unique, self.take = np.unique(joinids, return_inverse=True)
+        self.contiguous = bool(len(self.unique)) and int(self.unique[-1] - self.unique[0]) + 1 == len(self.unique)
+
+    @property
+    def coords(self) -> slice | np.ndarray:
+        """Coordinates for a SOMA read (a closed slice when the joinids are contiguous)."""
+        return slice(int(self.unique[0]), int(self.unique[-1])) if self.contiguous else self.unique
+
+    def positions(self, joinids: np.ndarray) -> np.ndarray:
+        """Positions in ``unique`` of joinids returned by a read."""
+        return joinids - self.unique[0] if self.contiguous else np.searchsorted(self.unique, joinids)
+
+
+def _string_column(schema: pa.Schema, preferred: str, skip: set[str]) -> str | None:
+    if preferred in schema.names:
+        return preferred
+    for field in schema:
+        value_type = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        if field.name not in skip and (pa.types.is_string(value_type) or pa.types.is_large_string(value_type)):
+            return field.name
+    return None
+
+
+def _sorted_by_joinid(table: pa.Table) -> pa.Table:
+    joinids = table[JOINID].to_numpy()
+    if len(joinids) > 1 and not bool(np.all(joinids[1:] > joinids[:-1])):
+        table = table.take(pa.array(np.argsort(joinids, kind="stable")))
+    return table
+
+
+def _as_pandas(column: pa.Array, name: str) -> pd.Series:
+    """An Arrow column as a pandas Series; string columns become categorical."""
+    values = column.to_pandas().rename(name).reset_index(drop=True)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        values = values.astype("category")
+    return values
+
+
+class SomaStore(ModalityStore):
+    """One measurement of a TileDB-SOMA Experiment, read by row ranges.
+
+    Rows are the cells that have this measurement (``obs['has_<measurement>']`` when present, else every
+    obs row) in ``soma_joinid`` order.
+
+    Parameters
+    ----------
+    experiment
+        Path (or URI) of the SOMA Experiment.
+    measurement
+        Name of the measurement (the modality).
+
+    Raises
+    ------
+    InputError
+        When the experiment cannot be opened, the measurement or its X layer is missing, or no cell id /
+        feature name column can be found.
+    """
+
+    def __init__(self, experiment: str | os.PathLike, measurement: str) -> None:
+        self.experiment = str(experiment)
+        self.modality = measurement
+        self.path = f"{self.experiment}::{measurement}"
+        self._pid: int | None = None
+        self._handles: dict[str, Any] = {}
+        if "://" not in self.experiment and not Path(self.experiment).exists():
+            raise InputError(self.experiment, "experiment", "no such path", "pass the directory of a SOMA Experiment")
+        context = soma.SOMATileDBContext()
+        try:
+            exp = soma.Experiment.open(self.experiment, context=context)
+        except (soma.SOMAError, TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(
+                self.experiment,
+                "experiment",
+                f"not a readable SOMA Experiment ({exc.__class__.__name__}: {exc})",
+                "pass a directory written by `cellweave convert --format soma` or tiledbsoma.io.from_anndata",
+            ) from exc
+        with exp:
+            self._init_from(exp)
+
+    def _init_from(self, exp: soma.Experiment) -> None:
+        present = sorted(exp.ms.keys()) if "ms" in exp else []
+        if self.modality not in present:
+            raise InputError(
+                self.experiment,
+                f"ms['{self.modality}']",
+                f"no such measurement (this experiment has: {', '.join(present) or 'none'})",
+                "pass one of the measurements present",
+            )
+        meas = exp.ms[self.modality]
+        layers = sorted(meas.X.keys()) if "X" in meas else []
+        if DATA_LAYER in layers:
+            self._layer = DATA_LAYER
+        elif len(layers) == 1:
+            self._layer = layers[0]
+        else:
+            raise InputError(
+                self.path,
+                "X",
+                f"no '{DATA_LAYER}' layer and not exactly one layer (layers: {', '.join(layers) or 'none'})",
+                "write the matrix as X['data']",
+            )
+        X = meas.X[self._layer]
+        if not isinstance(X, soma.SparseNDArray):
+            raise InputError(self.path, f"X['{self._layer}']", f"is a {type(X).__name__}", "store X as a SparseNDArray")
+        meta = dict(meas.metadata)
+        self.sparse = not bool(meta.get(META_DENSE, False))
+
+        var = _sorted_by_joinid(meas.var.read().concat())
+        var_col = _string_column(var.schema, VAR_ID, {JOINID})
+        if var_col is None:
+            raise InputError(self.path, "var", "no string column with feature names", f"add a '{VAR_ID}' column")
+        if not np.array_equal(var[JOINID].to_numpy(), np.arange(len(var))):
+            raise InputError(self.path, "var['soma_joinid']", "joinids are not 0..n_vars-1", "rewrite the measurement")
+        self.var_names = pd.Index(var[var_col].to_numpy(zero_copy_only=False).astype(str))
+
+        schema = exp.obs.schema
+        self._id_column = _string_column(schema, OBS_ID, {JOINID})
+        if self._id_column is None:
+            raise InputError(self.experiment, "obs", "no string column with cell ids", f"add an '{OBS_ID}' column")
+        self._obs_keys = [
+            name for name in schema.names if name not in (JOINID, self._id_column) and not name.startswith("has_")
+        ]
+        has = _has_column(self.modality)
+        if has in schema.names:
+            table = exp.obs.read(column_names=[JOINID, has]).concat()
+            joinids = table[JOINID].to_numpy()[table[has].to_numpy(zero_copy_only=False).astype(bool)]
+        else:
+            joinids = exp.obs.read(column_names=[JOINID]).concat()[JOINID].to_numpy()
+        self._joinids = np.sort(joinids).astype(np.int64)
+        self.n_obs = len(self._joinids)
+        self.kind = meta.get(META_KIND) or self._infer_kind(X)
+
+    def _infer_kind(self, X: soma.SparseNDArray) -> Kind:
+        if not self.n_obs:
+            return "counts"
+        table = next(iter(X.read(coords=(self._joinids[:1024],)).tables()), None)
+        values = np.zeros(0) if table is None else table["soma_data"].to_numpy()[:KIND_SAMPLE]
+        return "counts" if values.size and np.all(values >= 0) and np.all(values == np.round(values)) else "normalized"
+
+    # SOMA handles are opened lazily, once per process: DataLoader workers must not share a TileDB context
+    def _open(self) -> None:
+        if self._pid == os.getpid():
+            return
+        context = soma.SOMATileDBContext()
+        exp = soma.Experiment.open(self.experiment, context=context)
+        self._handles = {"experiment": exp, "obs": exp.obs, "X": exp.ms[self.modality].X[self._layer]}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        state["_pid"] = None
+        return state
+
+    @property
+    def obs_keys(self) -> list[str]:
+        return list(self._obs_keys)
+
+    @property
+    def stats_dir(self) -> Path:
+        return Path(self.experiment) / ".cellweave" / self.modality
+
+    def _obs_values(self, joinids: np.ndarray, column: str) -> pa.Array:
+        """One obs column for the given joinids, in their order."""
+        self._open()
+        lookup = _Lookup(joinids)
+        table = self._handles["obs"].read(coords=(lookup.coords,), column_names=[JOINID, column]).concat()
+        order = np.empty(len(lookup.unique), dtype=np.int64)
+        order[lookup.positions(table[JOINID].to_numpy())] = np.arange(len(table))
+        index = order if lookup.take is None else order[lookup.take]
+        return table[column].combine_chunks().take(pa.array(index))
+
+    def obs_column(self, key: str) -> pd.Series:
+        if key not in self._obs_keys:
+            return self.require_obs_key(key)
+        if not self.n_obs:
+            return pd.Series([], name=key, dtype=object)
+        return _as_pandas(self._obs_values(self._joinids, key), key)
+
+    def obs_names(self, ranges: Ranges) -> np.ndarray:
+        rows = _range_rows(ranges)
+        if not len(rows):
+            return np.zeros(0, dtype=object)
+        ids = self._obs_values(self._joinids[rows], self._id_column)
+        return np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object)
+
+    def read_X(self, ranges: Ranges) -> Matrix:
+        rows = _range_rows(ranges)
+        if not len(rows):
+            return sp.csr_matrix((0, self.n_vars), dtype=np.float32) if self.sparse else np.zeros((0, self.n_vars), np.float32)
+        self._open()
+        lookup = _Lookup(self._joinids[rows])
+        table = self._handles["X"].read(coords=(lookup.coords, slice(None))).tables().concat()
+        i = lookup.positions(table["soma_dim_0"].to_numpy())
+        j = table["soma_dim_1"].to_numpy()
+        d = table["soma_data"].to_numpy()
+        shape = (len(lookup.unique), self.n_vars)
+        if self.sparse:
+            X: Matrix = sp.csr_matrix((d, (i, j)), shape=shape)
+        else:
+            X = np.zeros(shape, dtype=d.dtype)
+            X[i, j] = d
+        return X if lookup.take is None else X[lookup.take]

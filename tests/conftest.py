@@ -1,0 +1,43 @@
+"""Shared fixtures: small stores written to tmp dirs, and the path of the real data in ../shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from cellweave.data import InMemorySource, write_zarr
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CITE_SEQ = SHARED_DATA / "pbmc_10k_protein_v3.h5ad"
+
+
+def require_shared(path: Path) -> Path:
+    """Skip the calling test with a reason when a file of ../shared/data is absent (users do not have it)."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the real-data test needs the project's ../shared/data checkout")
+    return path
+
+
+def counts_source(n_cells: int, n_genes: int, seed: int = 0, prefix: str = "c", modality: str = "rna",
+                  density: float = 0.1) -> InMemorySource:
+    """Random sparse counts with batch and label columns."""
+    rng = np.random.default_rng(seed)
+    X = sp.random(n_cells, n_genes, density=density, format="csr", random_state=seed,
+                  data_rvs=lambda k: rng.integers(1, 20, k)).astype(np.float32)
+    obs = pd.DataFrame(
+        {"batch": rng.choice(["b0", "b1"], n_cells), "cell_type": rng.choice(["T", "B", "NK"], n_cells)},
+        index=[f"{prefix}{i}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame(index=[f"g{i}" for i in range(n_genes)])
+    return InMemorySource(f"<{modality} in memory>", modality, obs, var, X, kind="counts")
+
+
+@pytest.fixture
+def small_zarr(tmp_path):
+    """A 10,000 x 120 counts store and its source."""
+    src = counts_source(10_000, 120)
+    return write_zarr(src, tmp_path / "rna.zarr"), src
