@@ -136,3 +136,20 @@ def coalesce_ranges(ranges: Ranges) -> list[tuple[int, int]]:
         else:
             out.append((a, b))
     return out
+
+
+class StoreSource:
+    """A store read back as a :class:`~cellweave.data.source.ChunkSource` (e.g. Zarr -> SOMA conversion)."""
+
+    def __init__(self, store: ModalityStore) -> None:
+        self.store = store
+        self.name = store.path
+        self.modality = store.modality
+        self.sparse = store.sparse
+        self.kind: Kind | None = store.kind
+        self.obs = pd.DataFrame({k: store.obs_column(k).to_numpy() for k in store.obs_keys}, index=store.all_obs_names())
+        self.var = pd.DataFrame(index=store.var_names)
+
+    def iter_chunks(self, chunk_rows: int):
+        for start in range(0, self.store.n_obs, chunk_rows):
+            yield start, self.store.read_X([(start, min(start + chunk_rows, self.store.n_obs))])

@@ -1,0 +1,186 @@
+"""Benchmark: one epoch of the cellweave stream from Zarr and from SOMA, side by side with tiledbsoma-ml's
+ExperimentDataset on the same SOMA data, annbatch's Loader on the same cells, and an in-memory AnnData loader.
+
+Every loader yields dense float32 torch batches of the same size; where a loader supports DataLoader
+workers it uses 2. Each loader runs in its own subprocess; the parent samples the RSS of that process tree
+(main + workers) every 50 ms and reports the peak.
+
+    python bench/stream.py --cells 100000 --json out.json [--genes 2000] [--batch-size 512] [--data DIR]
+
+The data (RNA counts from ``cellweave simulate``) is kept under ``--data`` (default ``.bench/stream-N-G``) and
+reused when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASELINES = ("cellweave_zarr", "cellweave_soma", "tiledbsoma_ml", "annbatch", "anndata_inmemory")
+
+
+def prepare(data: Path, cells: int, genes: int) -> None:
+    """Simulate RNA counts into Zarr and copy them into a SOMA experiment (once)."""
+    from cellweave.data import open_modality
+    from cellweave.data.soma_store import write_soma
+    from cellweave.data.store import StoreSource
+    from cellweave.simulate import simulate_atlas
+
+    zarr_path = data / "sim" / "rna.zarr"
+    if not zarr_path.exists():
+        t = time.perf_counter()
+        simulate_atlas(data / "sim", cells, modalities=("rna",), n_genes=genes, seed=0, overwrite=True)
+        print(f"simulated {cells} x {genes} in {time.perf_counter() - t:.0f}s", file=sys.stderr)
+    soma_path = data / "rna.soma"
+    if not soma_path.exists():
+        t = time.perf_counter()
+        write_soma([StoreSource(open_modality(zarr_path))], soma_path, overwrite=True, chunk_rows=16384)
+        print(f"wrote SOMA in {time.perf_counter() - t:.0f}s", file=sys.stderr)
+
+
+def _epoch(batches, n_expected: int) -> dict:
+    import torch
+
+    t = time.perf_counter()
+    n = 0
+    checksum = 0.0
+    for x in batches:
+        n += x.shape[0]
+        checksum += float(x[:, :8].sum())
+    dt = time.perf_counter() - t
+    if n < 0.99 * n_expected:
+        raise RuntimeError(f"loader yielded {n} cells, expected {n_expected}")
+    del torch
+    return {"cells": n, "seconds": dt, "cells_per_s": n / dt, "checksum": checksum}
+
+
+def run_one(name: str, data: Path, batch_size: int, workers: int) -> dict:
+    """One epoch of one loader, in this process (and its workers)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    zarr_path = data / "sim" / "rna.zarr"
+    soma_path = data / "rna.soma"
+    if name in ("cellweave_zarr", "cellweave_soma"):
+        from cellweave.data import CellStream, open_modality
+
+        store = open_modality(zarr_path if name == "cellweave_zarr" else f"{soma_path}::rna")
+        ds = CellStream(store, batch_size, seed=0)
+        loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False)
+        return _epoch((b.dense() for b in loader), store.n_obs)
+    if name == "tiledbsoma_ml":
+        import tiledbsoma as soma
+        from tiledbsoma_ml import ExperimentDataset, experiment_dataloader
+
+        exp = soma.Experiment.open(str(soma_path))
+        with exp.axis_query(measurement_name="rna") as query:
+            ds = ExperimentDataset(query, layer_name="data", batch_size=batch_size, shuffle=True, seed=0)
+            n = query.n_obs
+            loader = experiment_dataloader(ds, num_workers=workers)
+            return _epoch((torch.from_numpy(X) for X, _ in loader), n)
+    if name == "annbatch":
+        try:
+            import annbatch  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError(
+                f"annbatch is not installed here ({exc}); on PyPI it requires Python >= 3.12 and this machine has "
+                f"Python {platform.python_version()}"
+            ) from exc
+        return _run_annbatch(data, batch_size)
+    if name == "anndata_inmemory":
+        import anndata as ad
+        import numpy as np
+
+        adata = ad.read_zarr(zarr_path)  # the whole matrix in RAM, as scvi-tools' default loader needs
+        X = adata.X
+        order = np.random.default_rng(0).permutation(X.shape[0])
+
+        def batches():
+            for i in range(0, len(order), batch_size):
+                idx = np.sort(order[i : i + batch_size])
+                yield torch.from_numpy(X[idx].toarray())
+
+        return _epoch(batches(), X.shape[0])
+    raise ValueError(name)
+
+
+def _run_annbatch(data: Path, batch_size: int) -> dict:
+    """annbatch needs its own pre-shuffled sharded collection: built once (not timed), then one epoch."""
+    import numpy as np
+    import torch
+    from annbatch import DatasetCollection, Loader
+
+    coll_path = data / "annbatch.zarr"
+    if not coll_path.exists():
+        DatasetCollection(coll_path).add_adatas([str(data / "sim" / "rna.zarr")], shuffle=True, rng=np.random.default_rng(0))
+    loader = Loader(batch_size=batch_size, chunk_size=256, preload_nchunks=64, shuffle=True, preload_to_gpu=False,
+                    rng=np.random.default_rng(0))
+    loader.use_collection(DatasetCollection(coll_path, mode="r"))
+    return _epoch((torch.from_numpy(b["X"].toarray()) for b in loader), loader.n_obs)
+
+
+def measure(name: str, data: Path, batch_size: int, workers: int) -> dict:
+    """Run one loader in a subprocess and sample its process tree's RSS."""
+    import psutil
+
+    cmd = [sys.executable, __file__, "--run-one", name, "--data", str(data), "--batch-size", str(batch_size), "--workers", str(workers)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        last = [line for line in err.strip().splitlines() if line.strip()]
+        return {"error": last[-1] if last else f"exit code {proc.returncode}"}
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_mb"] = peak / 2**20
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", type=int, default=100_000)
+    p.add_argument("--genes", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--data", type=Path)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--only", nargs="*", choices=BASELINES)
+    p.add_argument("--run-one", choices=BASELINES, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    data = args.data or Path(".bench") / f"stream-{args.cells}-{args.genes}"
+    if args.run_one:
+        print(json.dumps(run_one(args.run_one, data, args.batch_size, args.workers)))
+        return
+    prepare(data, args.cells, args.genes)
+    results = {"cells": args.cells, "genes": args.genes, "batch_size": args.batch_size, "workers": args.workers,
+               "machine": f"{platform.node()} {os.cpu_count()} cpu, Python {platform.python_version()}"}
+    for name in args.only or BASELINES:
+        results[name] = measure(name, data, args.batch_size, args.workers)
+        r = results[name]
+        line = r.get("error") or f"{r['cells_per_s']:>10,.0f} cells/s   peak RSS {r['peak_rss_mb']:>8,.0f} MB"
+        print(f"{name:>18}: {line}", flush=True)
+    base = results.get("tiledbsoma_ml", {})
+    cz = results.get("cellweave_zarr", {})
+    if "cells_per_s" in base and "cells_per_s" in cz:
+        results["ratio_zarr_vs_tiledbsoma_ml"] = cz["cells_per_s"] / base["cells_per_s"]
+        print(f"cellweave_zarr / tiledbsoma_ml = {results['ratio_zarr_vs_tiledbsoma_ml']:.2f}x")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
