@@ -70,8 +70,15 @@ def convert(input_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "z
         from .zarr_store import ZarrStore
 
         sources: list[ChunkSource] = [StoreSource(ZarrStore(src_path))]
+    elif labels_csv is not None:
+        if src_path.suffix.lower() != ".fcs":
+            raise InputError(str(input_path), "--labels", "per-event labels are only read for .fcs inputs",
+                             "add labels to the obs of an .h5ad/.h5mu input instead")
+        from .readers import FcsSource
+
+        sources = [FcsSource(src_path, labels_csv=labels_csv)]
     else:
-        sources = open_source(input_path, kind=kind, labels_csv=labels_csv)
+        sources = open_source(input_path, kind=kind)
     sources = select_modalities(sources, modality, str(input_path))
     out = Path(out)
     if fmt == "soma":
