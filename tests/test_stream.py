@@ -214,3 +214,53 @@ def test_batch_moves_to_device_sparse(small_zarr):
     moved = b.to(torch.device("cpu"))
     assert moved.is_sparse and moved.sparse().layout == torch.sparse_csr
     np.testing.assert_array_equal(moved.sparse().to_dense().numpy(), b.dense().numpy())
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_set_skip_resumes_exactly_with_workers(tmp_path, workers):
+    store = open_modality(write_zarr(counts_source(1_100, 10), tmp_path / "x.zarr"))
+    s = CellStream(store, 100, seed=5, block_size=300)
+    s.set_epoch(2)
+    full = [b.rows.numpy() for b in DataLoader(s, batch_size=None, num_workers=workers)]
+    assert len(full) == 11
+    for skip in (1, 4, 9, 10):
+        s.set_skip(skip)
+        tail = [b.rows.numpy() for b in DataLoader(s, batch_size=None, num_workers=workers)]
+        assert len(tail) == len(full) - skip
+        assert all(np.array_equal(a, b) for a, b in zip(full[skip:], tail))
+
+
+def test_worker_shares_make_a_strict_rotation():
+    from cellweave.data.plan import batches_before, worker_batch_range
+
+    for nb in range(0, 30):
+        for nw in range(1, 6):
+            ranges = [worker_batch_range(nb, w, nw) for w in range(nw)]
+            assert ranges[0][0] == 0 and ranges[-1][1] == nb
+            assert all(ranges[i][1] == ranges[i + 1][0] for i in range(nw - 1))
+            # simulate the DataLoader's round robin over live workers
+            left = [b - a for a, b in ranges]
+            made = [0] * nw
+            order = []
+            while any(left):
+                for w in range(nw):
+                    if left[w]:
+                        order.append(w)
+                        left[w] -= 1
+            for step, w in enumerate(order):
+                assert batches_before(step, nb, w, nw) == sum(1 for x in order[:step] if x == w)
+                made[w] += 1
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_unpaired_resume_with_workers(tmp_path, workers):
+    a = open_modality(write_zarr(counts_source(900, 10), tmp_path / "a.zarr"))
+    b = open_modality(write_zarr(counts_source(250, 6, seed=1, prefix="p", modality="adt"), tmp_path / "b.zarr"))
+    u = UnpairedStream({"rna": CellStream(a, 100, seed=2), "adt": CellStream(b, 100, seed=3)}, steps=20)
+    full = [{m: x.rows.numpy() for m, x in s.items()} for s in DataLoader(u, batch_size=None, num_workers=workers)]
+    for start in (1, 7, 13):
+        u.set_start_step(start)
+        tail = [{m: x.rows.numpy() for m, x in s.items()} for s in DataLoader(u, batch_size=None, num_workers=workers)]
+        assert len(tail) == 20
+        for x, y in zip(full[start:], tail):
+            assert all(np.array_equal(x[m], y[m]) for m in ("rna", "adt"))

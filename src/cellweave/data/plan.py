@@ -58,12 +58,37 @@ def n_batches(n_cells: int, batch_size: int, drop_last: bool) -> int:
     return n_cells // batch_size if drop_last else math.ceil(n_cells / batch_size)
 
 
+def worker_batch_range(nb: int, worker: int, n_workers: int) -> tuple[int, int]:
+    """Batches ``[b0, b1)`` of a rank's ``nb`` that one worker makes.
+
+    Shares differ by at most one and the larger shares go to the last workers, so that the DataLoader's
+    round-robin over workers is a strict rotation until the final partial round (see :func:`batches_before`).
+    """
+    base, rem = divmod(nb, n_workers)
+    first_big = n_workers - rem
+    b0 = worker * base + max(0, worker - first_big)
+    return b0, b0 + base + (1 if worker >= first_big else 0)
+
+
+def batches_before(step: int, nb: int, worker: int, n_workers: int) -> int:
+    """How many of its batches ``worker`` has made before the rank's ``step``-th batch of an epoch.
+
+    The DataLoader takes batches from workers in turn and skips exhausted ones; with the shares of
+    :func:`worker_batch_range` that is full rotations, then one partial round over the last workers.
+    """
+    base, rem = divmod(nb, n_workers)
+    full = base * n_workers
+    if step <= full:
+        return len(range(worker, step, n_workers))
+    first_big = n_workers - rem
+    extra = 1 if worker >= first_big and worker - first_big < step - full else 0
+    return base + extra
+
+
 def worker_positions(positions: np.ndarray, batch_size: int, worker: int, n_workers: int, drop_last: bool) -> np.ndarray:
     """A DataLoader worker's share of its rank's positions, in whole batches (only the last worker may end on a
     partial batch)."""
-    nb = n_batches(len(positions), batch_size, drop_last)
-    b0 = (worker * nb) // n_workers
-    b1 = ((worker + 1) * nb) // n_workers
+    b0, b1 = worker_batch_range(n_batches(len(positions), batch_size, drop_last), worker, n_workers)
     return positions[b0 * batch_size : min(b1 * batch_size, len(positions))]
 
 

@@ -24,7 +24,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import InputError
 from .batch import CellBatch
-from .plan import Shard, blocks, n_batches, rank_positions, shard_positions
+from .plan import Shard, batches_before, blocks, n_batches, rank_positions, shard_positions
 from .preprocess import FeatureStats, Preprocess, lognormalize, load_or_compute_stats
 from .store import CellChunk, ModalityStore
 
@@ -188,6 +188,15 @@ def current_shard(rank: int | None = None, world_size: int | None = None) -> Sha
     return Shard(rank, world_size, worker, n_workers)
 
 
+def logical_shard(shard: Shard, start: int) -> Shard:
+    """The worker share a physical DataLoader worker serves when iteration starts at batch ``start``.
+
+    The DataLoader always asks worker 0 first; after a resume at ``start`` the next batch belongs to worker
+    ``start % n_workers``, so physical worker ``p`` serves the share of worker ``(p + start) % n_workers``.
+    """
+    return Shard(shard.rank, shard.world_size, (shard.worker + start) % shard.n_workers, shard.n_workers)
+
+
 class _Sharded(IterableDataset):
     """The epoch plan shared by the single and paired streams: positions -> blocks -> batches."""
 
@@ -208,10 +217,16 @@ class _Sharded(IterableDataset):
         self.drop_last = drop_last
         self._rank, self._world = rank, world_size
         self.epoch = 0
+        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next ``iter()`` produces."""
         self.epoch = epoch
+
+    def set_skip(self, n: int) -> None:
+        """Make the next ``iter()`` start at this rank's ``n``-th batch of the epoch (exact resume), whatever the
+        number of DataLoader workers."""
+        self.skip = n
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (all workers together)."""
@@ -231,13 +246,13 @@ class _Sharded(IterableDataset):
         pos = shard_positions(self.n_cells, self.batch_size, self.chunk_size, self.seed, 0, False, shard, self.drop_last)
         return n_batches(len(pos), self.batch_size, self.drop_last)
 
-    def iter_epoch(self, epoch: int, skip: int = 0) -> Iterator:
+    def iter_epoch(self, epoch: int, skip: int = 0, shard: Shard | None = None) -> Iterator:
         """Batches of one epoch for this process (rank and worker), after skipping its first ``skip`` batches.
 
         Skipping is exact: the blocks and their shuffles are those of the full epoch, whole blocks before the
-        skipped batches are not read.
+        skipped batches are not read. ``shard`` overrides the process's rank/worker position.
         """
-        shard = current_shard(self._rank, self._world)
+        shard = shard or current_shard(self._rank, self._world)
         pos = shard_positions(self.n_cells, self.batch_size, self.chunk_size, self.seed, epoch, self.shuffle, shard, self.drop_last)
         rng = np.random.default_rng([self.seed, epoch, shard.rank, shard.worker, 1]) if self.shuffle else None
         plan = iter(blocks(pos, self.block_size, self.batch_size, rng, self.drop_last))
@@ -266,7 +281,8 @@ class _Sharded(IterableDataset):
                 yield from done
 
     def __iter__(self) -> Iterator:
-        return self.iter_epoch(self.epoch)
+        shard = logical_shard(current_shard(self._rank, self._world), self.skip)
+        return self.iter_epoch(self.epoch, batches_before(self.skip, len(self), shard.worker, shard.n_workers), shard)
 
 
 class CellStream(_Sharded):
@@ -394,25 +410,32 @@ class UnpairedStream(IterableDataset):
         """Start the next ``iter()`` at global step ``step`` (for exact resume)."""
         self.start_step = step
 
+    def set_skip(self, n: int) -> None:
+        """Start the next ``iter()`` ``n`` steps into the pass selected by :meth:`set_epoch`."""
+        self.start_step = (self.start_step // self.steps) * self.steps + n
+
     def __len__(self) -> int:
         return self.steps
 
-    def _cycle(self, stream: CellStream, local_start: int) -> Iterator[CellBatch]:
-        per_epoch = stream.worker_batches()
+    def _cycle(self, stream: CellStream, local_start: int, worker: int, n_workers: int) -> Iterator[CellBatch]:
+        base = current_shard(stream._rank, stream._world)
+        shard = Shard(base.rank, base.world_size, worker, n_workers)
+        per_epoch = stream.worker_batches(shard)
         if per_epoch == 0:
             raise InputError(stream.store.path, "cells", "this rank/worker receives no batch of this modality",
                              "use fewer DataLoader workers or ranks, or a smaller batch size")
         epoch, skip = divmod(local_start, per_epoch)
         for e in itertools.count(epoch):
-            yield from stream.iter_epoch(e, skip)
+            yield from stream.iter_epoch(e, skip, shard)
             skip = 0
 
     def __iter__(self) -> Iterator[dict[str, CellBatch]]:
-        shard = current_shard()
-        w, nw = shard.worker, shard.n_workers
-        # the DataLoader takes steps from workers in turn: worker w makes global steps w, w + nw, ...
-        local_start = len(range(w, self.start_step, nw))
-        local_steps = len(range(self.start_step + ((w - self.start_step) % nw), self.start_step + self.steps, nw))
-        its = {m: self._cycle(s, local_start) for m, s in self.streams.items()}
+        physical = current_shard()
+        p, nw = physical.worker, physical.n_workers
+        start = self.start_step
+        worker = (p + start) % nw  # the worker share whose turn it is when the DataLoader asks this process
+        local_start = len(range(worker, start, nw))
+        local_steps = len(range(start + p, start + self.steps, nw))
+        its = {m: self._cycle(s, local_start, worker, nw) for m, s in self.streams.items()}
         for _ in range(local_steps):
             yield {m: next(it) for m, it in its.items()}
