@@ -63,16 +63,14 @@ def _epoch(batches, n_expected: int) -> dict:
 def run_one(name: str, data: Path, batch_size: int, workers: int) -> dict:
     """One epoch of one loader, in this process (and its workers)."""
     import torch
-    from torch.utils.data import DataLoader
 
     zarr_path = data / "sim" / "rna.zarr"
     soma_path = data / "rna.soma"
     if name in ("cellweave_zarr", "cellweave_soma"):
-        from cellweave.data import CellStream, open_modality
+        from cellweave.data import CellStream, make_loader, open_modality
 
         store = open_modality(zarr_path if name == "cellweave_zarr" else f"{soma_path}::rna")
-        ds = CellStream(store, batch_size, seed=0)
-        loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False)
+        loader = make_loader(CellStream(store, batch_size, seed=0), num_workers=workers)
         return _epoch((b.dense() for b in loader), store.n_obs)
     if name == "tiledbsoma_ml":
         import tiledbsoma as soma

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import pickle
 
 import anndata as ad
@@ -173,6 +174,28 @@ def test_store_pickles_for_workers(tmp_path):
     store.read_X([(0, 5)])
     clone = pickle.loads(pickle.dumps(store))
     np.testing.assert_array_equal(_dense(clone.read_X([(10, 20)])), src.X[10:20].toarray())
+
+
+_INHERITED: dict[str, SomaStore] = {}
+
+
+def _read_inherited() -> str:
+    try:
+        _INHERITED["store"].read_X([(0, 5)])
+    except InputError as exc:
+        return str(exc)
+    return "read"
+
+
+def test_forked_worker_refuses_instead_of_hanging(tmp_path):
+    """TileDB hangs in a child forked after the parent used it: the store must say so and name the fix."""
+    _INHERITED["store"] = SomaStore(write_soma([counts_source(20, 5)], tmp_path / "exp"), "rna")
+    try:
+        with mp.get_context("fork").Pool(1) as pool:
+            message = pool.apply_async(_read_inherited).get(timeout=60)
+    finally:
+        _INHERITED.clear()
+    assert "multiprocessing_context='spawn'" in message
 
 
 @pytest.mark.filterwarnings("ignore:Element .* was written without encoding metadata")

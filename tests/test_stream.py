@@ -264,3 +264,23 @@ def test_unpaired_resume_with_workers(tmp_path, workers):
         assert len(tail) == 20
         for x, y in zip(full[start:], tail):
             assert all(np.array_equal(x[m], y[m]) for m in ("rna", "adt"))
+
+
+def test_make_loader_spawns_workers_for_soma_and_covers_every_cell(tmp_path):
+    from cellweave.data import make_loader
+    from cellweave.data.soma_store import write_soma
+
+    src = counts_source(700, 15)
+    exp = write_soma([src], tmp_path / "x.soma")
+    soma_store = open_modality(f"{exp}::rna")
+    loader = make_loader(CellStream(soma_store, 100, seed=1), num_workers=2)
+    assert loader.multiprocessing_context is not None
+    batches = list(loader)
+    rows = np.concatenate([b.rows.numpy() for b in batches])
+    assert np.array_equal(np.sort(rows), np.arange(700))
+    b = batches[0]
+    np.testing.assert_array_equal(b.dense().numpy(), src.X[b.rows.numpy()].toarray())
+    # Zarr stores also survive pickling into spawned workers
+    zstore = open_modality(write_zarr(src, tmp_path / "x.zarr"))
+    spawned = make_loader(CellStream(zstore, 100, seed=1), num_workers=2, multiprocessing_context="spawn")
+    assert [x.rows.tolist() for x in spawned] == [x.rows.tolist() for x in make_loader(CellStream(zstore, 100, seed=1), 2)]

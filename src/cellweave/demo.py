@@ -9,7 +9,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-from torch.utils.data import DataLoader
 
 
 def run_demo(cells: int = 20_000, out: str | None = None, seed: int = 0) -> dict[str, float]:
@@ -22,7 +21,7 @@ def run_demo(cells: int = 20_000, out: str | None = None, seed: int = 0) -> dict
     dict
         Cells per second of the stream, per modality and overall.
     """
-    from .data import CellStream, Preprocess, UnpairedStream, load_or_compute_stats, open_modality
+    from .data import CellStream, Preprocess, UnpairedStream, load_or_compute_stats, make_loader, open_modality
     from .simulate import simulate_atlas
 
     console = Console()
@@ -48,7 +47,7 @@ def run_demo(cells: int = 20_000, out: str | None = None, seed: int = 0) -> dict
         pp = {"rna": Preprocess(n_top_genes=1000, scale=True), "adt": Preprocess(scale=True), "atac": Preprocess(n_top_genes=2000)}
         streams = {m: CellStream(s, 512, seed=seed, preprocess=pp[m], batch_key="batch", label_key="cell_type") for m, s in stores.items()}
         unpaired = UnpairedStream(streams)
-        loader = DataLoader(unpaired, batch_size=None, num_workers=2)
+        loader = make_loader(unpaired, num_workers=2)
         t0 = time.perf_counter()
         n = {m: 0 for m in stores}
         for step in loader:

@@ -407,12 +407,15 @@ class SomaStore(ModalityStore):
         feature name column can be found.
     """
 
+    fork_safe = False  # TileDB hangs in a process forked after it was used: DataLoader workers are spawned
+
     def __init__(self, experiment: str | os.PathLike, measurement: str) -> None:
         self.experiment = str(experiment)
         self.measurement = measurement
         self.modality = measurement
         self.path = f"{self.experiment}::{measurement}"
         self._pid: int | None = None
+        self._owner_pid: int | None = os.getpid()
         self._handles: dict[str, Any] = {}
         if "://" not in self.experiment and not Path(self.experiment).exists():
             raise InputError(self.experiment, "experiment", "no such path", "pass the directory of a SOMA Experiment")
@@ -489,10 +492,20 @@ class SomaStore(ModalityStore):
         values = np.zeros(0) if table is None else table["soma_data"].to_numpy()[:KIND_SAMPLE]
         return "counts" if values.size and np.all(values >= 0) and np.all(values == np.round(values)) else "normalized"
 
-    # SOMA handles are opened lazily, once per process: DataLoader workers must not share a TileDB context
+    # SOMA handles are opened lazily, once per process. TileDB is not fork-safe: a process forked after this
+    # one used TileDB hangs in its first TileDB call, so a store inherited through fork refuses to read and
+    # one received by pickling (spawn / forkserver workers) opens its own context.
     def _open(self) -> None:
         if self._pid == os.getpid():
             return
+        if self._owner_pid not in (None, os.getpid()):
+            raise InputError(
+                self.path,
+                "DataLoader workers",
+                "TileDB cannot be used in a process forked from one that already used it (it would hang)",
+                "pass multiprocessing_context='spawn' (or 'forkserver') to the torch DataLoader",
+            )
+        self._owner_pid = os.getpid()
         context = soma.SOMATileDBContext()
         exp = soma.Experiment.open(self.experiment, context=context)
         self._handles = {"experiment": exp, "obs": exp.obs, "X": exp.ms[self.measurement].X[self._layer]}
@@ -502,6 +515,7 @@ class SomaStore(ModalityStore):
         state = self.__dict__.copy()
         state["_handles"] = {}
         state["_pid"] = None
+        state["_owner_pid"] = None
         return state
 
     @property

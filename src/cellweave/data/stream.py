@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import InputError
 from .batch import CellBatch
@@ -174,6 +174,28 @@ class ModalityReader:
             sl = np.arange(a, b)
             out.append(self.make_batch(chunk.take(sl), library[a:b]))
         return out
+
+
+def _stores(dataset: IterableDataset) -> list[ModalityStore]:
+    if isinstance(dataset, UnpairedStream):
+        return [s.store for s in dataset.streams.values()]
+    if isinstance(dataset, PairedStream):
+        return [r.store for r in dataset.readers.values()]
+    return [dataset.store] if isinstance(dataset, CellStream) else []
+
+
+def make_loader(dataset: IterableDataset, num_workers: int = 0, pin_memory: bool = False,
+                multiprocessing_context: str | None = None) -> DataLoader:
+    """A ``DataLoader`` for a cellweave stream (batches are made by the stream: ``batch_size=None``).
+
+    Workers are forked, except when a store cannot live in a forked process (TileDB-SOMA): then ``spawn``.
+    """
+    if num_workers > 0 and multiprocessing_context is None:
+        if not all(getattr(s, "fork_safe", True) for s in _stores(dataset)):
+            multiprocessing_context = "spawn"
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
+                      persistent_workers=False)
 
 
 def current_shard(rank: int | None = None, world_size: int | None = None) -> Shard:

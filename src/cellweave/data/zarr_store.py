@@ -201,6 +201,16 @@ class ZarrStore(ModalityStore):
         self._names = sync(zasync.open_array(store=path, path=f"obs/{self._index_key}", mode="r"))
         self._pid = os.getpid()
 
+    def __getstate__(self) -> dict:
+        """Picklable for spawn/forkserver DataLoader workers: open handles are not sent, each process reopens."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_data", "_indices", "_indptr", "_dense", "_names", "_obs_group")}
+        state["_pid"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._obs_group = zarr.open_group(self.path, mode="r")["obs"]
+
     def _infer_kind(self, x) -> Kind:
         sample = x["data"][: 1 << 16] if self.sparse else np.asarray(x[: max(1, (1 << 16) // max(1, self.n_vars))])
         sample = np.asarray(sample)
