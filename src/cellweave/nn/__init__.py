@@ -1,0 +1,5 @@
+"""Shared neural building blocks."""
+
+from .mlp import MLP, Discriminator
+
+__all__ = ["MLP", "Discriminator"]
