@@ -1,0 +1,417 @@
+"""A multi-modal atlas simulator with known truth, streamed block by block (memory does not grow with cells).
+
+Generative model
+----------------
+* **Cell states.** Lineages, each split into subtypes (``cell_type``), with imbalanced proportions. A cell's
+  latent program is ``z = lineage mean + subtype offset + within-type variation`` (``n_programs`` dims).
+* **RNA.** ``log rate_g = base_g + z . A_g + batch shift_{b,g}``; rates are normalised over genes and scaled
+  by a log-normal library size (batch dependent); counts are negative binomial with per-gene dispersion and
+  gene-specific zero inflation (ZINB).
+* **ADT.** Each protein is a real antibody panel name whose coding gene(s) are among the RNA genes (from the
+  shipped table ``cellweave/links/data/antibody_genes.tsv``). Protein abundance follows its gene's program
+  with weight ``rho`` and an independent protein program with weight ``sqrt(1 - rho^2)`` (weakly correlated
+  with the gene, as in real CITE-seq), plus ambient background counts.
+* **ATAC.** Peaks sit near genes on a simulated genome (``genes.bed``): at the promoter (up to 2 kb before
+  the TSS), in the gene body, or distal (10-100 kb away). A share of peaks is truly regulated by its gene
+  (accessibility follows the gene's program); the rest follow random programs. ``gene_peak_links.tsv``
+  lists every peak with its gene, the window-based ``prior`` flag and the ``true`` flag.
+
+Unpaired atlases measure *twins*: each modality has its own cell ids (``<modality>_<i>``) but twin ``i`` has
+the same latent state in every modality, so ``pair_id`` is ground truth for matching metrics. Paired atlases
+measure the same cells (``cell_<i>``) in every modality.
+
+Every block of :data:`BLOCK_CELLS` cells is drawn from its own seed ``(seed, stream, block)``, so values do not
+depend on the chunk size used to write them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .data.atomic import atomic_output
+from .data.source import Matrix
+from .errors import InputError
+
+BLOCK_CELLS = 8192
+MODALITIES = ("rna", "adt", "atac")
+LINEAGES = {
+    "T": ["CD4 naive T", "CD4 memory T", "CD8 naive T", "CD8 effector T", "Treg"],
+    "B": ["naive B", "memory B", "plasmablast"],
+    "NK": ["NK CD56bright", "NK CD56dim"],
+    "Myeloid": ["CD14 monocyte", "CD16 monocyte", "cDC", "pDC"],
+}
+_STREAM = {"cells": 0, "state": 1, "rna": 2, "adt": 3, "atac": 4}
+
+
+@dataclass
+class SimulationConfig:
+    """Settings of :class:`AtlasSimulator` (all truth is derived from ``seed``)."""
+
+    n_cells: int
+    modalities: tuple[str, ...] = MODALITIES
+    paired: bool = False
+    n_batches: int = 2
+    seed: int = 0
+    n_genes: int = 2000
+    n_proteins: int = 150
+    n_peaks: int = 5000
+    n_programs: int = 12
+    rho: float = 0.5
+    true_link_share: float = 0.6
+    rna_library: float = 2000.0
+    adt_library: float = 1500.0
+    atac_library: float = 1500.0
+    batch_strength: float = 0.5
+    logit_cap: float = 4.0
+    lineages: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in LINEAGES.items()})
+
+
+def _antibody_table() -> pd.DataFrame:
+    path = resources.files("cellweave.links") / "data" / "antibody_genes.tsv"
+    table = pd.read_csv(str(path), sep="\t", comment="#", dtype=str)
+    table = table[table["genes"].notna() & ~table["protein"].str.contains("isotype", case=False)]
+    return table.reset_index(drop=True)
+
+
+def _seeded(seed: int, stream: str, block: int = 0) -> np.random.Generator:
+    return np.random.default_rng([seed, _STREAM[stream], block])
+
+
+class AtlasSimulator:
+    """The truth of one simulated atlas and a :class:`~cellweave.data.ChunkSource` per modality.
+
+    Parameters
+    ----------
+    config
+        The simulation settings.
+    """
+
+    def __init__(self, config: SimulationConfig) -> None:
+        cfg = self.config = config
+        unknown = [m for m in cfg.modalities if m not in MODALITIES]
+        if unknown or not cfg.modalities:
+            raise InputError("simulate", "modalities", f"unknown modalities {unknown}" if unknown else "no modality given",
+                             f"choose among {', '.join(MODALITIES)}")
+        if cfg.n_cells < 1 or cfg.n_batches < 1:
+            raise InputError("simulate", "cells/batches", "need at least one cell and one batch", "pass --cells N >= 1 and --batches B >= 1")
+        rng = np.random.default_rng([cfg.seed, 99, 0])
+        L = cfg.n_programs
+        self.types = [(lin, t) for lin, subs in cfg.lineages.items() for t in subs]
+        n_lin = len(cfg.lineages)
+        lineage_mean = rng.normal(0, 1.0, (n_lin, L))
+        lin_index = {lin: i for i, lin in enumerate(cfg.lineages)}
+        self.type_mean = np.stack([lineage_mean[lin_index[lin]] + rng.normal(0, 0.7, L) for lin, _ in self.types])
+        props = rng.dirichlet(np.full(len(self.types), 2.0))
+        self.type_p = props / props.sum()
+        self._genes(np.random.default_rng([cfg.seed, 99, 1]))
+        self._proteins(np.random.default_rng([cfg.seed, 99, 2]))
+        self._peaks(np.random.default_rng([cfg.seed, 99, 3]))
+        b = cfg.n_batches
+        self.batch_library = np.exp(rng.normal(0, 0.25, b))
+        self.batch_shift = {m: rng.normal(0, cfg.batch_strength, (b, n)).astype(np.float32)
+                            for m, n in (("rna", self.n_genes), ("adt", len(self.proteins)), ("atac", len(self.peaks)))}
+        self.obs_all = self._cells()
+
+    # ---- truth -------------------------------------------------------------------------------------------
+    def _genes(self, rng: np.random.Generator) -> None:
+        cfg = self.config
+        table = _antibody_table()
+        coding = []
+        for genes in table["genes"]:
+            for g in genes.split(","):
+                if g.strip() and g.strip() not in coding:
+                    coding.append(g.strip())
+        n_coding = min(len(coding), cfg.n_genes // 2)
+        self.protein_table = table
+        names = coding[:n_coding] + [f"SIMG{i:05d}" for i in range(cfg.n_genes - n_coding)]
+        self.gene_names = pd.Index(names)
+        self.n_genes = len(names)
+        L = cfg.n_programs
+        # Sparse loadings: each gene follows a few programs; many genes are marker-like, some housekeeping.
+        A = rng.normal(0, 0.5, (L, self.n_genes)) * (rng.random((L, self.n_genes)) < 0.25)
+        # Genes coding for panel proteins are surface markers: cell-type specific, so denser and stronger loadings.
+        A[:, :n_coding] = rng.normal(0, 0.45, (L, n_coding)) * (rng.random((L, n_coding)) < 0.5)
+        self.gene_loadings = A.astype(np.float32)
+        self.gene_base = rng.normal(0, 1.2, self.n_genes).astype(np.float32)
+        self.gene_base[:n_coding] += 1.0
+        self.gene_theta = rng.gamma(2.0, 2.0, self.n_genes).astype(np.float32) + 0.5
+        self.gene_dropout = np.where(rng.random(self.n_genes) < 0.3, rng.uniform(0.05, 0.4, self.n_genes), 0.0).astype(np.float32)
+        # Genome: 22 chromosomes, genes 5-60 kb long separated by 150-400 kb.
+        chrom = np.sort(rng.integers(1, 23, self.n_genes))
+        length = rng.integers(5_000, 60_000, self.n_genes)
+        gap = rng.integers(150_000, 400_000, self.n_genes)
+        start = np.zeros(self.n_genes, dtype=np.int64)
+        for c in np.unique(chrom):
+            on = np.flatnonzero(chrom == c)
+            start[on] = 1_000_000 + np.cumsum(gap[on] + length[on]) - length[on]
+        self.genes_bed = pd.DataFrame({"chrom": [f"chr{c}" for c in chrom], "start": start, "end": start + length,
+                                       "name": names, "score": 0, "strand": np.where(rng.random(self.n_genes) < 0.5, "+", "-")})
+
+    def _proteins(self, rng: np.random.Generator) -> None:
+        cfg = self.config
+        genes = set(self.gene_names)
+        keep = [i for i, g in enumerate(self.protein_table["genes"]) if all(x.strip() in genes for x in g.split(","))]
+        if cfg.n_proteins > len(keep):
+            raise InputError("simulate", "proteins", f"{cfg.n_proteins} proteins asked but the antibody table links only {len(keep)} "
+                             f"to the {self.n_genes} simulated genes", "ask for fewer proteins (--proteins) or more genes (--genes)")
+        picked = np.sort(rng.choice(keep, cfg.n_proteins, replace=False))
+        self.proteins = pd.Index(self.protein_table["protein"].to_numpy()[picked])
+        gene_pos = self.gene_names.get_indexer
+        self.protein_genes = [gene_pos([x.strip() for x in self.protein_table["genes"].iloc[i].split(",")]) for i in picked]
+        L, P = cfg.n_programs, len(self.proteins)
+        own = rng.normal(0, 0.5, (L, P)) * (rng.random((L, P)) < 0.3)
+        gene_part = np.stack([self.gene_loadings[:, g].mean(1) for g in self.protein_genes], axis=1)
+        scale = np.linalg.norm(gene_part, axis=0) + 1e-6
+        own_scale = np.linalg.norm(own, axis=0) + 1e-6
+        # Each protein: rho of its direction from its gene(s), the rest from its own program; 1.5x the gene's strength.
+        w = cfg.rho * gene_part / scale + np.sqrt(1 - cfg.rho**2) * own / own_scale
+        self.protein_loadings = (1.5 * w * np.maximum(scale, 0.8)).astype(np.float32)
+        self.protein_base = rng.normal(0, 0.7, P).astype(np.float32)
+        self.protein_theta = rng.gamma(5.0, 2.0, P).astype(np.float32) + 2.0
+        self.protein_background = rng.gamma(2.0, 1.5, P).astype(np.float32)
+
+    def _peaks(self, rng: np.random.Generator) -> None:
+        cfg = self.config
+        n = cfg.n_peaks
+        gene = rng.integers(0, self.n_genes, n)
+        kind = rng.choice(["promoter", "body", "distal"], n, p=[0.35, 0.35, 0.3])
+        bed = self.genes_bed
+        s, e = bed["start"].to_numpy()[gene], bed["end"].to_numpy()[gene]
+        plus = bed["strand"].to_numpy()[gene] == "+"
+        tss = np.where(plus, s, e)
+        width = rng.integers(300, 800, n)
+        upstream = np.where(plus, -1, 1)
+        centre = np.select(
+            [kind == "promoter", kind == "body"],
+            [tss + upstream * rng.integers(0, 1_700, n), s + 400 + (rng.random(n) * np.maximum(e - s - 800, 1)).astype(np.int64)],
+            tss + rng.integers(10_000, 100_000, n) * np.where(rng.random(n) < 0.5, 1, -1),
+        )
+        pstart = np.maximum(centre - width // 2, 0)
+        chrom = bed["chrom"].to_numpy()[gene]
+        order = np.lexsort((pstart, np.array([int(c[3:]) for c in chrom])))
+        gene, kind, pstart, width, chrom = gene[order], kind[order], pstart[order], width[order], chrom[order]
+        names = pd.Index([f"{c}:{a}-{a + w}" for c, a, w in zip(chrom, pstart, width)])
+        keep = ~names.duplicated()
+        gene, kind, pstart, width, chrom, names = gene[keep], kind[keep], pstart[keep], width[keep], chrom[keep], names[keep]
+        self.peaks = names
+        n = len(names)
+        true = rng.random(n) < np.where(kind == "distal", cfg.true_link_share / 2, cfg.true_link_share)
+        L = cfg.n_programs
+        random_prog = rng.normal(0, 0.5, (L, n)) * (rng.random((L, n)) < 0.25)
+        linked = self.gene_loadings[:, gene] * 1.2 + rng.normal(0, 0.1, (L, n))
+        self.peak_loadings = np.where(true[None, :], linked, random_prog).astype(np.float32)
+        self.peak_base = rng.normal(0, 0.8, n).astype(np.float32)
+        pend = pstart + width
+        gs, ge = bed["start"].to_numpy()[gene], bed["end"].to_numpy()[gene]
+        gplus = bed["strand"].to_numpy()[gene] == "+"
+        win_s = np.where(gplus, gs - 2_000, gs)
+        win_e = np.where(gplus, ge, ge + 2_000)
+        prior = (pstart < win_e) & (pend > win_s)
+        self.gene_peak = pd.DataFrame({"gene": self.gene_names[gene], "peak": names, "kind": kind, "prior": prior, "true": true})
+
+    def _cells(self) -> pd.DataFrame:
+        cfg = self.config
+        blocks = []
+        for b in range(0, cfg.n_cells, BLOCK_CELLS):
+            rng = _seeded(cfg.seed, "cells", b // BLOCK_CELLS)
+            n = min(BLOCK_CELLS, cfg.n_cells - b)
+            blocks.append((rng.choice(len(self.types), n, p=self.type_p), rng.integers(0, cfg.n_batches, n)))
+        t = np.concatenate([x[0] for x in blocks]).astype(np.int16)
+        batch = np.concatenate([x[1] for x in blocks]).astype(np.int16)
+        cell_types = [name for _, name in self.types]
+        lineages = list(dict.fromkeys(lin for lin, _ in self.types))
+        lin_code = np.array([lineages.index(lin) for lin, _ in self.types])[t]
+        return pd.DataFrame({
+            "cell_type": pd.Categorical.from_codes(t, cell_types),
+            "lineage": pd.Categorical.from_codes(lin_code, lineages),
+            "batch": pd.Categorical.from_codes(batch, [f"batch{i}" for i in range(cfg.n_batches)]),
+        })
+
+    # ---- sampling ----------------------------------------------------------------------------------------
+    def states(self, block: int) -> np.ndarray:
+        """Latent programs of the cells of ``block`` (shared by twins across modalities)."""
+        cfg = self.config
+        a = block * BLOCK_CELLS
+        n = min(BLOCK_CELLS, cfg.n_cells - a)
+        t = self.obs_all["cell_type"].cat.codes.to_numpy()[a : a + n]
+        rng = _seeded(cfg.seed, "state", block)
+        return (self.type_mean[t] + rng.normal(0, 0.3, (n, cfg.n_programs))).astype(np.float32)
+
+    def _counts(self, modality: str, block: int) -> Matrix:
+        cfg = self.config
+        a = block * BLOCK_CELLS
+        z = self.states(block)
+        n = z.shape[0]
+        batch = self.obs_all["batch"].cat.codes.to_numpy()[a : a + n]
+        rng = _seeded(cfg.seed, modality, block)
+        if modality == "rna":
+            base, W, theta, lib0, sd = self.gene_base, self.gene_loadings, self.gene_theta, cfg.rna_library, 0.5
+        elif modality == "adt":
+            base, W, theta, lib0, sd = self.protein_base, self.protein_loadings, self.protein_theta, cfg.adt_library, 0.35
+        else:
+            base, W, theta, lib0, sd = self.peak_base, self.peak_loadings, np.float32(5.0), cfg.atac_library, 0.6
+        logits = base + z @ W + self.batch_shift[modality][batch]
+        # Soft cap: no single feature takes more than a few percent of a cell's counts, as in real data.
+        logits = cfg.logit_cap * np.tanh(logits / cfg.logit_cap)
+        logits -= logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(1, keepdims=True)
+        lib = (lib0 * self.batch_library[batch] * np.exp(rng.normal(0, sd, n))).astype(np.float32)
+        mu = p * lib[:, None]
+        theta = np.broadcast_to(np.asarray(theta, dtype=np.float32), mu.shape)
+        counts = rng.poisson(rng.standard_gamma(theta, dtype=np.float32) * (mu / theta)).astype(np.float32)
+        if modality == "rna":
+            counts[rng.random(counts.shape, dtype=np.float32) < self.gene_dropout] = 0
+            return sp.csr_matrix(counts)
+        if modality == "adt":
+            return counts + rng.poisson(np.broadcast_to(self.protein_background, counts.shape)).astype(np.float32)
+        return sp.csr_matrix(counts)
+
+    def obs(self, modality: str) -> pd.DataFrame:
+        """Cell metadata of ``modality``: ``cell_type``, ``lineage``, ``batch``, ``pair_id`` (index: cell ids)."""
+        n = self.config.n_cells
+        ids = np.char.add("cell_", np.arange(n).astype(str))
+        obs = self.obs_all.copy()
+        obs["pair_id"] = ids
+        obs.index = pd.Index(ids if self.config.paired else np.char.add(f"{modality}_", np.arange(n).astype(str)), name=None)
+        return obs
+
+    def var(self, modality: str) -> pd.DataFrame:
+        """Feature metadata of ``modality`` (index: feature names)."""
+        if modality == "rna":
+            return pd.DataFrame({"coding_for_panel": self.gene_names.isin(
+                [self.gene_names[i] for g in self.protein_genes for i in g])}, index=self.gene_names)
+        if modality == "adt":
+            genes = [",".join(self.gene_names[g]) for g in self.protein_genes]
+            return pd.DataFrame({"coding_genes": genes}, index=self.proteins)
+        gp = self.gene_peak.set_index("peak")
+        return pd.DataFrame({"gene": gp["gene"].astype(str), "kind": gp["kind"].astype(str)}, index=self.peaks)
+
+    def source(self, modality: str) -> SimulatedSource:
+        """A chunk source of ``modality`` (values generated block by block as it is read)."""
+        if modality not in self.config.modalities:
+            raise InputError("simulate", "modality", f"{modality!r} is not simulated", f"choose among {self.config.modalities}")
+        return SimulatedSource(self, modality)
+
+    def links_table(self) -> pd.DataFrame:
+        """Protein -> coding gene links (``source_modality, source_feature, target_modality, target_feature``)."""
+        rows = [("adt", p, "rna", self.gene_names[i]) for p, g in zip(self.proteins, self.protein_genes) for i in g]
+        return pd.DataFrame(rows, columns=["source_modality", "source_feature", "target_modality", "target_feature"])
+
+
+class SimulatedSource:
+    """:class:`~cellweave.data.ChunkSource` of one simulated modality."""
+
+    def __init__(self, sim: AtlasSimulator, modality: str) -> None:
+        self.sim = sim
+        self.name = f"simulated {modality}"
+        self.modality = modality
+        self.obs = sim.obs(modality)
+        self.var = sim.var(modality)
+        self.sparse = modality != "adt"
+        self.kind = "counts"
+
+    def iter_blocks(self) -> Iterator[Matrix]:
+        """The matrix in blocks of :data:`BLOCK_CELLS` rows."""
+        for block in range((self.sim.config.n_cells + BLOCK_CELLS - 1) // BLOCK_CELLS):
+            yield self.sim._counts(self.modality, block)
+
+    def iter_chunks(self, chunk_rows: int) -> Iterator[tuple[int, Matrix]]:
+        stack = sp.vstack if self.sparse else np.vstack
+        pending: list[Matrix] = []
+        held = start = 0
+        for X in self.iter_blocks():
+            pending.append(X)
+            held += X.shape[0]
+            while held >= chunk_rows:
+                M = pending[0] if len(pending) == 1 else stack(pending)
+                if self.sparse:
+                    M = sp.csr_matrix(M)
+                yield start, M[:chunk_rows]
+                rest = M[chunk_rows:]
+                start += chunk_rows
+                held -= chunk_rows
+                pending = [rest] if held else []
+        if held:
+            M = pending[0] if len(pending) == 1 else stack(pending)
+            yield start, sp.csr_matrix(M) if self.sparse else M
+
+
+def _write_tables(sim: AtlasSimulator, root: Path) -> None:
+    sim.links_table().to_csv(root / "links.tsv", sep="\t", index=False)
+    sim.gene_peak.to_csv(root / "gene_peak_links.tsv", sep="\t", index=False)
+    sim.genes_bed.to_csv(root / "genes.bed", sep="\t", index=False, header=False)
+    meta = asdict(sim.config) | {"cell_types": [t for _, t in sim.types], "block_cells": BLOCK_CELLS,
+                                 "type_proportions": sim.type_p.round(6).tolist()}
+    (root / "simulation.json").write_text(json.dumps(meta, indent=2))
+
+
+def simulate_atlas(out: str | os.PathLike, n_cells: int, modalities: Sequence[str] = MODALITIES, paired: bool = False,
+                   n_batches: int = 2, fmt: str = "zarr", seed: int = 0, n_genes: int = 2000, n_proteins: int = 150,
+                   n_peaks: int = 5000, chunk_rows: int = 4096, overwrite: bool = False, progress: bool = True,
+                   **settings) -> dict[str, Path]:
+    """Simulate an atlas and write it to ``out`` (nothing is left under ``out`` if anything fails).
+
+    Parameters
+    ----------
+    out
+        Output directory: ``<modality>.zarr`` per modality (``fmt="zarr"``) or one SOMA experiment
+        ``atlas.soma`` with a measurement per modality (``fmt="soma"``), plus ``links.tsv`` (protein -> gene),
+        ``gene_peak_links.tsv`` (peak, gene, window prior, true link), ``genes.bed`` and ``simulation.json``.
+    n_cells
+        Cells per modality.
+    modalities
+        Any of ``rna``, ``adt``, ``atac``.
+    paired
+        Measure the same cells in every modality (otherwise twins with their own ids, linked by ``pair_id``).
+    n_batches, seed, n_genes, n_proteins, n_peaks
+        Size and truth of the atlas.
+    chunk_rows
+        Rows per write chunk (does not change the values).
+    overwrite
+        Replace an existing ``out``.
+    progress
+        Show a progress bar.
+    **settings
+        Further :class:`SimulationConfig` fields (``rho``, ``batch_strength``, ``n_programs`` ...).
+
+    Returns
+    -------
+    dict
+        Modality -> store path (``SOMA_DIR::MEASUREMENT`` for SOMA), plus ``links``, ``gene_peak_links`` and
+        ``genes_bed`` table paths.
+    """
+    from tqdm.auto import tqdm
+
+    from .data.soma_store import write_soma
+    from .data.write_zarr import write_zarr
+
+    if fmt not in ("zarr", "soma"):
+        raise InputError("simulate", "format", f"unknown format {fmt!r}", "use --format zarr or --format soma")
+    cfg = SimulationConfig(n_cells=n_cells, modalities=tuple(modalities), paired=paired, n_batches=n_batches, seed=seed,
+                           n_genes=n_genes, n_proteins=n_proteins, n_peaks=n_peaks, **settings)
+    sim = AtlasSimulator(cfg)
+    out = Path(out)
+    bar = tqdm(total=n_cells * len(cfg.modalities), unit="cells", desc="simulate", disable=not progress)
+    with atomic_output(out, overwrite) as tmp:
+        tmp.mkdir(parents=True)
+        sources = [sim.source(m) for m in cfg.modalities]
+        if fmt == "zarr":
+            for s in sources:
+                write_zarr(s, tmp / f"{s.modality}.zarr", chunk_rows=chunk_rows, progress=bar.update)
+        else:
+            write_soma(sources, tmp / "atlas.soma", chunk_rows=chunk_rows, progress=bar.update)
+        _write_tables(sim, tmp)
+    bar.close()
+    paths: dict[str, Path] = {m: (out / f"{m}.zarr") if fmt == "zarr" else Path(f"{out / 'atlas.soma'}::{m}") for m in cfg.modalities}
+    paths |= {"links": out / "links.tsv", "gene_peak_links": out / "gene_peak_links.tsv", "genes_bed": out / "genes.bed"}
+    return paths
