@@ -170,6 +170,11 @@ def compute_stats(store: ModalityStore, target_sum: float | None = DEFAULT_TARGE
     bar = tqdm(total=store.n_obs, desc=f"stats {store.modality}", unit="cells", disable=not progress)
     for start, X in _row_chunks(store, chunk):
         lib = np.asarray(X.sum(1)).ravel()
+        if not np.isfinite(lib).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(lib))[0])
+            raise InputError(store.path, "X", f"non-finite values (NaN or Inf), first in row {bad} "
+                             f"(cell {store.obs_names([(bad, bad + 1)])[0]!r})",
+                             "remove or repair those cells (e.g. replace NaN by 0 where it means 'not measured') and retry")
         library[start : start + X.shape[0]] = lib
         acc += np.stack(_sums(X))
         L = lognormalize(X, lib, target_sum, log1p)
