@@ -18,6 +18,47 @@ def _cmd_convert(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _parse_modalities(items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError("--modality", item, "expected NAME=PATH", "write e.g. --modality rna=rna.zarr --modality adt=atlas.soma::adt")
+        if name in out:
+            raise InputError("--modality", name, "given twice", "name each modality once")
+        out[name] = path
+    return out
+
+
+def _cmd_fit(args: argparse.Namespace) -> None:
+    from .models import METHODS
+    from .models.run import read_config
+
+    cfg = read_config(args.config) if args.config else {}
+    source = args.config or "config"
+    train = dict(cfg.get("train", {}))
+    for key in ("max_steps", "device", "num_workers", "checkpoint_every", "precision"):
+        value = getattr(args, key)
+        if value is not None:
+            train[key] = value
+    inputs = _parse_modalities(args.modality) if args.modality else dict(cfg.get("inputs", {}))
+    if not inputs:
+        raise InputError(source, "inputs", "no modality given", "pass --modality NAME=PATH (twice or more) or an [inputs] table")
+    model_cls = METHODS[args.method]
+    links = args.links or cfg.get("links", "auto")
+    model = model_cls(inputs, links=links, config=cfg.get("model"), kinds=cfg.get("kinds"),
+                      genes_bed=args.genes_bed or cfg.get("genes_bed"), seed=int(cfg.get("seed", args.seed)), progress=True)
+    for (s, t), (cols, _) in model.link_matrices.items():
+        print(f"links {s} -> {t}: {len(cols)} linked features")
+    t0 = time.perf_counter()
+    result = model.fit(int(train.get("max_steps", 10_000)), run_dir=args.out, device=train.get("device", "auto"),
+                       precision=train.get("precision", "auto"), num_workers=int(train.get("num_workers", 0)),
+                       checkpoint_every=train.get("checkpoint_every"), resume=args.resume)
+    dt = time.perf_counter() - t0
+    paths = model.embed()
+    print(f"trained {result.step} steps in {dt:.0f}s; embeddings: " + ", ".join(str(p) for p in paths.values()))
+
+
 def _cmd_simulate(args: argparse.Namespace) -> None:
     from .simulate import simulate_atlas
 
@@ -52,7 +93,21 @@ def _median(x):
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(cells=args.cells, out=args.out)
+    run_demo(cells=args.cells, out=args.out, steps=args.steps)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import EvalSettings, evaluate_to_dir, load_inputs
+
+    embeddings = load_inputs(args.run, args.embedding, args.obsm_key, pre_obsm_key=args.pre_obsm_key)
+    settings = EvalSettings(scheduler=args.scheduler, n_workers=args.workers, chunk_size=args.chunk_size)
+    doc = evaluate_to_dir(embeddings, args.out, label_key=args.label_key, batch_key=args.batch_key,
+                          modality_key=args.modality_key, pair_key=args.pair_key, settings=settings,
+                          plots=not args.no_plots, overwrite=args.overwrite)
+    for name, result in doc["embeddings"].items():
+        overall = result["aggregate"]["overall"]
+        print(f"{name}: overall {'NaN' if overall is None else f'{overall:.3f}'}")
+    print(f"wrote {args.out}/metrics.json and {args.out}/report.md")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--chunk-rows", type=int, default=4096)
     c.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     c.set_defaults(func=_cmd_convert)
+
+    f = sub.add_parser("fit", help="train an integration model on modality stores and write RUN")
+    f.add_argument("--method", choices=["scmodal"], default="scmodal")
+    f.add_argument("--modality", action="append", metavar="NAME=PATH",
+                   help="a modality: .h5ad, .zarr or SOMA_DIR::MEASUREMENT (repeat per modality)")
+    f.add_argument("--links", help="'auto' (default) or a TSV: source_modality, source_feature, target_modality, target_feature")
+    f.add_argument("--genes-bed", help="gene coordinates (BED6) for ATAC -> RNA links")
+    f.add_argument("--config", help="run.toml: [model], [model.weights], [train], [inputs], seed")
+    f.add_argument("--max-steps", type=int)
+    f.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    f.add_argument("--precision", help="auto, 32, bf16-mixed, 16-mixed")
+    f.add_argument("--num-workers", type=int)
+    f.add_argument("--checkpoint-every", type=int)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    f.add_argument("--out", required=True, help="run directory")
+    f.set_defaults(func=_cmd_fit)
 
     s = sub.add_parser("simulate", help="simulate a multi-modal atlas with known truth")
     s.add_argument("--cells", type=int, required=True)
@@ -92,9 +164,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_stats)
 
     d = sub.add_parser("demo", help="simulate a small atlas and stream it (no network, no extra data)")
-    d.add_argument("--cells", type=int, default=20_000)
+    d.add_argument("--cells", type=int, default=5_000)
+    d.add_argument("--steps", type=int, default=200)
     d.add_argument("--out", default=None, help="keep the demo outputs here (default: a temporary directory)")
     d.set_defaults(func=_cmd_demo)
+    e = sub.add_parser("evaluate", help="score embeddings (scIB bio/batch/modality, matching): metrics.json, report.md, UMAPs")
+    where = e.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run", action="append", metavar="RUN",
+                       help="run directory (RUN/embeddings/*.zarr); repeat to compare runs")
+    where.add_argument("--embedding", nargs="+", metavar="PATH",
+                       help=".h5ad, .zarr or SOMA_DIR::MEASUREMENT; several stores (one per modality) form one embedding")
+    e.add_argument("--label-key", required=True, help="obs column of cell types")
+    e.add_argument("--batch-key", help="obs column of batches")
+    e.add_argument("--modality-key", help="obs column of modalities (default for several stores: their modality)")
+    e.add_argument("--pair-key", help="obs column pairing cells across modalities ('obs_names': the cell ids)")
+    e.add_argument("--obsm-key", action="append", help="embedding key (default X_cellweave); repeat to compare embeddings")
+    e.add_argument("--pre-obsm-key", help="unintegrated representation for PCR comparison (e.g. X_pca)")
+    e.add_argument("--out", required=True, help="report directory to create")
+    e.add_argument("--scheduler", help="auto (default), threads, local (LocalCluster) or a Dask scheduler address")
+    e.add_argument("--workers", type=int, default=2, help="Dask workers of the local pool or cluster")
+    e.add_argument("--chunk-size", type=int, help="cells per Dask block")
+    e.add_argument("--no-plots", action="store_true", help="skip the UMAP plots")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=_cmd_evaluate)
     return p
 
 

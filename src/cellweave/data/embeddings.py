@@ -1,0 +1,126 @@
+"""Per-cell outputs (latents, imputations) written chunk by chunk: an AnnData Zarr store, and SOMA ``obsm``.
+
+The Zarr store is a regular AnnData layout (``anndata.read_zarr`` opens it): ``obs`` holds the input cell ids
+and obs columns, ``var`` is empty unless a matrix ``X`` is written, and each output is an ``obsm`` array filled
+row block by row block, so memory is bounded by one block whatever the number of cells.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from .atomic import atomic_output
+from .store import ModalityStore
+
+ARRAY_ATTRS = {"encoding-type": "array", "encoding-version": "0.2.0"}
+ROW_CHUNK = 16_384
+
+
+class EmbeddingWriter:
+    """Write per-cell arrays of one modality into ``out`` (an AnnData Zarr store), rows in store order.
+
+    Use as a context manager: on success the store appears under ``out`` complete; on an error nothing does.
+
+    Parameters
+    ----------
+    out
+        Target ``.zarr`` directory.
+    store
+        The modality the cells come from (cell ids and obs columns are copied).
+    widths
+        ``obsm`` key -> number of columns.
+    var_names
+        Write an ``X`` of these columns too (e.g. imputed features); ``None``: no ``X``.
+    overwrite
+        Replace an existing ``out``.
+    """
+
+    def __init__(self, out: str | os.PathLike, store: ModalityStore, widths: Mapping[str, int],
+                 var_names: pd.Index | None = None, overwrite: bool = False) -> None:
+        self.out = Path(out)
+        self.store = store
+        self.widths = dict(widths)
+        self.var_names = var_names
+        self.overwrite = overwrite
+        self.filled = 0
+
+    def __enter__(self) -> EmbeddingWriter:
+        import anndata as ad
+
+        self._ctx = atomic_output(self.out, self.overwrite)
+        tmp = self._ctx.__enter__()
+        store = self.store
+        n = store.n_obs
+        obs = pd.DataFrame({k: store.obs_column(k).to_numpy() for k in store.obs_keys}, index=store.all_obs_names().astype(str))
+        var = pd.DataFrame(index=pd.Index([] if self.var_names is None else list(self.var_names), dtype=str))
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        ad.io.write_elem(root, "obs", obs)
+        ad.io.write_elem(root, "var", var)
+        for key in ("layers", "obsp", "varm", "varp", "uns"):
+            ad.io.write_elem(root, key, {})
+        obsm = root.create_group("obsm")
+        obsm.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+        self.arrays = {}
+        for key, width in self.widths.items():
+            arr = obsm.create_array(key, shape=(n, width), chunks=(min(ROW_CHUNK, max(n, 1)), width), dtype="float32")
+            arr.attrs.update(ARRAY_ATTRS)
+            self.arrays[key] = arr
+        if self.var_names is not None:
+            arr = root.create_array("X", shape=(n, len(self.var_names)), dtype="float32",
+                                    chunks=(min(ROW_CHUNK, max(n, 1)), max(len(self.var_names), 1)))
+            arr.attrs.update(ARRAY_ATTRS)
+            self.arrays["X"] = arr
+        self.root = root
+        return self
+
+    def write(self, rows: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
+        """Store ``values[key][i]`` at row ``rows[i]`` (rows of one block, increasing and contiguous)."""
+        rows = np.asarray(rows)
+        if rows.size == 0:
+            return
+        a, b = int(rows[0]), int(rows[-1]) + 1
+        if b - a != rows.size or not np.all(np.diff(rows) == 1):
+            raise ValueError("EmbeddingWriter.write expects a contiguous block of rows in order")
+        for key, arr in self.arrays.items():
+            arr[a:b] = np.asarray(values[key], dtype=np.float32)
+        self.filled += rows.size
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self.filled != self.store.n_obs:
+            exc = RuntimeError(f"{self.out}: {self.filled} of {self.store.n_obs} rows written")
+            self._ctx.__exit__(type(exc), exc, None)
+            raise exc
+        self._ctx.__exit__(exc_type, exc, tb)
+
+
+def write_soma_obsm(store: ModalityStore, key: str, values: np.ndarray) -> None:
+    """Write ``values`` (cells in store order x width) into the SOMA measurement's ``obsm[key]``.
+
+    An existing ``obsm[key]`` is replaced. Rows are indexed by the cells' ``soma_joinid`` as SOMA requires.
+    """
+    import pyarrow as pa
+    import tiledbsoma as soma
+
+    joinids = store._joinids  # SomaStore: joinids of its cells in row order
+    n_total = int(joinids.max()) + 1 if joinids.size else 0
+    width = values.shape[1]
+    with soma.Experiment.open(store.experiment, "w") as exp:
+        meas = exp.ms[store.measurement]
+        if "obsm" not in meas:
+            meas.add_new_collection("obsm")
+        obsm = meas["obsm"]
+        if key in obsm:
+            obsm.delete(key)
+        arr = obsm.add_new_sparse_ndarray(key, type=pa.float32(), shape=(n_total, width))
+        for a in range(0, len(joinids), ROW_CHUNK):
+            block = np.asarray(values[a : a + ROW_CHUNK], dtype=np.float32)
+            i = np.repeat(joinids[a : a + ROW_CHUNK], width)
+            j = np.tile(np.arange(width, dtype=np.int64), block.shape[0])
+            arr.write(pa.Table.from_pydict({"soma_dim_0": i, "soma_dim_1": j, "soma_data": block.ravel()}))

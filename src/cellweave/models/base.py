@@ -1,0 +1,208 @@
+"""What every cellweave model shares: inputs, a run directory, the Trainer, and streamed per-cell outputs.
+
+A model subclass says how to build its training module and its streams; this base runs training through the
+one :class:`~cellweave.train.Trainer`, writes ``RUN/config.toml``, and writes embeddings chunk by chunk to
+``RUN/embeddings/<modality>.zarr`` (and back into SOMA ``obsm`` for SOMA inputs).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from ..data import CellBatch, CellStream, ModalityStore, Preprocess
+from ..data.embeddings import EmbeddingWriter, write_soma_obsm
+from ..data.soma_store import SomaStore
+from ..errors import InputError
+from ..train import Trainer, TrainingModule
+from ..train.checkpoint import load as load_checkpoint
+from ..train.trainer import CHECKPOINT, TrainResult
+from .inputs import StoreLike, open_inputs, resolve_path
+from .run import write_config
+
+EMBEDDING_KEY = "X_cellweave"
+EMBED_BATCH = 4096
+
+
+class IntegrationModel(ABC):
+    """Base of the user-facing models (``SCMODAL``, ``SCMRDR`` ...).
+
+    Parameters
+    ----------
+    modalities
+        Modality name -> store, ``.zarr`` / ``.h5ad`` path or ``SOMA_DIR::MEASUREMENT``.
+    seed
+        One seed for everything (weights, stream order); the same seed gives the same embedding on CPU.
+    """
+
+    method: str = ""
+    grad_clip: float | None = None
+
+    def __init__(self, modalities: Mapping[str, StoreLike], seed: int = 0) -> None:
+        self.stores: dict[str, ModalityStore] = open_inputs(modalities)
+        self.inputs = {m: resolve_path(p) if not isinstance(p, ModalityStore) else p.path for m, p in modalities.items()}
+        self.seed = seed
+        self.module: TrainingModule | None = None
+        self.run_dir: Path | None = None
+        self.result: TrainResult | None = None
+
+    # ---- what a model defines ----------------------------------------------------------------------------
+    @abstractmethod
+    def build_module(self) -> TrainingModule:
+        """A fresh training module (weights initialised from the current torch seed)."""
+
+    @abstractmethod
+    def train_stream(self) -> IterableDataset:
+        """The training stream."""
+
+    def val_stream(self) -> IterableDataset | None:
+        """The validation stream (``None``: no validation)."""
+        return None
+
+    @abstractmethod
+    def preprocess(self, modality: str) -> Preprocess:
+        """The transform of ``modality``'s cells at inference (as in training)."""
+
+    @abstractmethod
+    def embed_batch(self, modality: str, batch: CellBatch) -> dict[str, torch.Tensor]:
+        """Per-cell outputs of one batch, by obsm key (``X_cellweave`` first)."""
+
+    @abstractmethod
+    def config_dict(self) -> dict[str, Any]:
+        """The resolved settings (written to ``RUN/config.toml``)."""
+
+    def stream_options(self, modality: str) -> dict[str, Any]:
+        """Extra :class:`~cellweave.data.CellStream` arguments at inference (batch key, feature space ...)."""
+        return {}
+
+    # ---- training -----------------------------------------------------------------------------------------
+    def fit(self, max_steps: int, run_dir: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
+            resume: bool = False, num_workers: int = 0, checkpoint_every: int | None = None, progress: bool = True,
+            early_stopping_patience: int | None = None, val_every: int | None = None, log_every: int = 10) -> TrainResult:
+        """Train for ``max_steps`` steps (one minibatch per modality each).
+
+        Parameters
+        ----------
+        max_steps
+            Training steps.
+        run_dir
+            Where the checkpoint, config, loss log and outputs go (``None``: keep nothing on disk).
+        device, precision
+            See :class:`~cellweave.train.Trainer`.
+        resume
+            Continue the run in ``run_dir`` exactly where it stopped.
+        num_workers
+            DataLoader workers reading the stores.
+        checkpoint_every
+            Steps between checkpoints.
+        progress
+            Show a progress bar with the loss terms.
+        early_stopping_patience, val_every
+            Validation-based early stopping (for models with a validation split).
+        log_every
+            Steps per loss-log row.
+        """
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        torch.manual_seed(self.seed)
+        self.module = self.build_module()
+        if self.run_dir is not None:
+            write_config(self.run_dir, self.config_dict() | {"train": {"max_steps": max_steps, "device": str(device),
+                                                                       "precision": precision, "num_workers": num_workers}})
+        trainer = Trainer(max_steps, device=device, precision=precision, grad_clip=self.grad_clip, seed=self.seed,
+                          num_workers=num_workers,
+                          checkpoint_every=checkpoint_every, run_dir=self.run_dir, progress=progress, log_every=log_every,
+                          early_stopping_patience=early_stopping_patience, val_every=val_every)
+        self.device = trainer.device
+        self.result = trainer.fit(self.module, self.train_stream(), self.val_stream(), resume=resume)
+        return self.result
+
+    def load_weights(self, run_dir: str | os.PathLike, device: str = "cpu") -> None:
+        """Load trained weights from ``run_dir/checkpoint.pt`` into a freshly built module."""
+        self.run_dir = Path(run_dir)
+        payload = load_checkpoint(self.run_dir / CHECKPOINT)
+        torch.manual_seed(self.seed)
+        self.module = self.build_module()
+        self.module.load_state_dict(payload["model"])
+        self.device = torch.device(device)
+
+    def _require_module(self) -> TrainingModule:
+        if self.module is None:
+            raise InputError(type(self).__name__, "module", "the model is not trained", "call .fit(...) or .load_weights(RUN) first")
+        return self.module
+
+    # ---- inference ------------------------------------------------------------------------------------------
+    def iter_batches(self, modality: str, batch_size: int = EMBED_BATCH, preprocess: Preprocess | None = None,
+                     **options: Any) -> Iterator[CellBatch]:
+        """Cells of ``modality`` in store order, transformed as in training, on the model's device."""
+        store = self.stores[modality]
+        stream = CellStream(store, batch_size, shuffle=False, preprocess=preprocess or self.preprocess(modality),
+                            rank=0, world_size=1, **(self.stream_options(modality) | options))
+        for b in stream:
+            yield b.to(self.device)
+
+    @torch.no_grad()
+    def embed(self, out_dir: str | os.PathLike | None = None, modalities: Sequence[str] | None = None,
+              overwrite: bool = True, write_soma: bool = True, progress: bool = True) -> dict[str, Path]:
+        """Embed every cell, streamed, into ``out_dir/<modality>.zarr`` (default ``RUN/embeddings``).
+
+        Each store is an AnnData Zarr store whose obs_names are the input cell ids and whose
+        ``obsm['X_cellweave']`` holds the latent (plus any model-specific keys). For a SOMA input the latent is
+        also written into the measurement's ``obsm``.
+
+        Returns
+        -------
+        dict
+            Modality -> path of its embedding store.
+        """
+        from tqdm.auto import tqdm
+
+        module = self._require_module()
+        module.to(self.device).eval()
+        if out_dir is None:
+            if self.run_dir is None:
+                raise InputError(type(self).__name__, "out_dir", "no output directory and no run directory",
+                                 "pass out_dir=... (or fit with run_dir=...)")
+            out_dir = self.run_dir / "embeddings"
+        out_dir = Path(out_dir)
+        paths = {}
+        for m in modalities or list(self.stores):
+            store = self.stores[m]
+            batches = self.iter_batches(m)
+            first_batch = next(batches)
+            first = {k: v.float().cpu().numpy() for k, v in self.embed_batch(m, first_batch).items()}
+            widths = {k: v.shape[1] for k, v in first.items()}
+            bar = tqdm(total=store.n_obs, desc=f"embed {m}", unit="cells", disable=not progress)
+            with EmbeddingWriter(out_dir / f"{m}.zarr", store, widths, overwrite=overwrite) as writer:
+                writer.write(first_batch.rows.cpu().numpy(), first)
+                bar.update(len(first_batch))
+                for b in batches:
+                    out = {k: v.float().cpu().numpy() for k, v in self.embed_batch(m, b).items()}
+                    writer.write(b.rows.cpu().numpy(), out)
+                    bar.update(len(b))
+            bar.close()
+            if write_soma and isinstance(store, SomaStore):
+                import zarr
+
+                z = zarr.open_group(str(out_dir / f"{m}.zarr"), mode="r")
+                write_soma_obsm(store, EMBEDDING_KEY, z["obsm"][EMBEDDING_KEY])
+            paths[m] = out_dir / f"{m}.zarr"
+        module.train()
+        return paths
+
+
+def read_embedding(path: str | os.PathLike, key: str = EMBEDDING_KEY, rows: np.ndarray | None = None) -> np.ndarray:
+    """``obsm[key]`` of an embedding store written by :meth:`IntegrationModel.embed` (all rows or ``rows``)."""
+    import zarr
+
+    try:
+        arr = zarr.open_group(str(path), mode="r")["obsm"][key]
+    except (FileNotFoundError, KeyError) as exc:
+        raise InputError(path, f"obsm['{key}']", "no such embedding", "run .embed() first or pass the right key") from exc
+    return np.asarray(arr[:] if rows is None else arr.get_orthogonal_selection((rows, slice(None))))

@@ -1,0 +1,281 @@
+"""scMODAL for notebook and CLI users: unpaired modalities streamed from their stores, integrated by GAN
+alignment, MNN anchors on linked features, geometry preservation and cross-domain consistency.
+
+>>> model = SCMODAL({"rna": "rna.zarr", "adt": "adt.zarr"}, links="auto")   # doctest: +SKIP
+>>> model.fit(max_steps=10_000, run_dir="run")                               # doctest: +SKIP
+>>> paths = model.embed()            # run/embeddings/<modality>.zarr, obsm['X_cellweave']  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import IterableDataset
+
+from ..data import CellBatch, CellStream, Preprocess, UnpairedStream
+from ..errors import InputError
+from ..links import FeatureLinks, auto_links, read_links, require_links
+from .base import EMBEDDING_KEY, IntegrationModel
+from .inputs import StoreLike, checked_stats, modality_kind
+from .scmodal_module import SCMODALModule, SCMODALWeights
+
+
+@dataclass
+class SCMODALConfig:
+    """scMODAL settings; defaults follow the authors' code (see ../shared/DESIGN.md).
+
+    Attributes
+    ----------
+    n_latent, hidden
+        Latent width and hidden width of encoders/decoders (d -> 512 -> 20).
+    batch_size
+        Cells per modality per step (500).
+    lr, weight_decay
+        Adam settings (1e-3, 1e-3).
+    d_steps
+        Discriminator updates per generator update (5).
+    k
+        Neighbours for the minibatch MNN anchors (30).
+    geo_threshold
+        Cap of the geometry kernel cosine (0.975).
+    weights
+        Loss weights: GAN 1, AE 10, cross-consistency 10, MNN 1, geometry 10.
+    n_top_features
+        Highly variable features kept per count modality, after the linked features (2000).
+    max_value
+        Clip of scaled values (10).
+    """
+
+    n_latent: int = 20
+    hidden: int = 512
+    batch_size: int = 500
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    d_steps: int = 5
+    k: int = 30
+    geo_threshold: float = 0.975
+    weights: SCMODALWeights = field(default_factory=SCMODALWeights)
+    n_top_features: int = 2000
+    max_value: float = 10.0
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> SCMODALConfig:
+        """Build from a (TOML) mapping; unknown keys are an error naming the key."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(source, f"[model] {unknown[0]}", "unknown setting", f"use one of: {', '.join(sorted(known))}")
+        values = dict(values)
+        if "weights" in values:
+            wk = {f.name for f in fields(SCMODALWeights)}
+            bad = sorted(set(values["weights"]) - wk)
+            if bad:
+                raise InputError(source, f"[model.weights] {bad[0]}", "unknown loss weight", f"use one of: {', '.join(sorted(wk))}")
+            values["weights"] = SCMODALWeights(**values["weights"])
+        return cls(**values)
+
+
+def resolve_links(stores: Mapping[str, Any], links: str | os.PathLike | Sequence[FeatureLinks] | None,
+                  kinds: Mapping[str, str] | None = None, genes_bed: str | os.PathLike | None = None) -> dict[tuple[str, str], FeatureLinks]:
+    """The links between the given modalities: ``"auto"`` (rules by modality kind), a TSV path, or given links.
+
+    Raises
+    ------
+    InputError
+        When a pair's links do not survive on the data, or a modality ends up linked to no other modality.
+    """
+    names = list(stores)
+    if links is None or (isinstance(links, str) and links == "auto"):
+        found = auto_links({m: (modality_kind(m, kinds), list(stores[m].var_names)) for m in names}, genes_bed=genes_bed)
+    elif isinstance(links, str | os.PathLike):
+        found = {lk.pair: lk for lk in read_links(links, modalities=names)}
+    else:
+        found = {lk.pair: lk for lk in links}
+    found = {p: lk for p, lk in found.items() if p[0] in stores and p[1] in stores}
+    for (s, t), lk in found.items():
+        require_links(lk, 1, list(stores[s].var_names), list(stores[t].var_names))
+    if len(names) > 1:
+        linked = {m for pair in found for m in pair}
+        for m in names:
+            if m not in linked:
+                raise InputError(stores[m].path, "links", f"modality {m!r} has no surviving feature links to any of "
+                                 f"{[x for x in names if x != m]}",
+                                 "pass --links FILE (TSV: source_modality, source_feature, target_modality, target_feature)")
+    return found
+
+
+class SCMODAL(IntegrationModel):
+    """scMODAL (Wang et al.): unpaired multi-modal integration, streamed.
+
+    Parameters
+    ----------
+    modalities
+        Modality name -> store or path (``.zarr``, ``.h5ad``, ``SOMA_DIR::MEASUREMENT``). More than two
+        modalities are aligned by chained discriminators in this order, with MNN anchors for every linked pair.
+    links
+        ``"auto"`` (protein panel names -> coding genes, peaks -> genes via ``genes_bed``, shared names), a TSV
+        path (``source_modality, source_feature, target_modality, target_feature[, weight]``), or
+        :class:`~cellweave.links.FeatureLinks`.
+    config
+        :class:`SCMODALConfig` or a mapping of its fields.
+    kinds
+        Modality kinds when the names do not say (``{"prot": "adt"}``).
+    genes_bed
+        Gene coordinates for ATAC -> RNA links.
+    label_key
+        Obs column carried along the stream (for label transfer reports).
+    seed
+        The one seed.
+    progress
+        Show progress of the preprocessing pass.
+    """
+
+    method = "scmodal"
+    grad_clip = 5.0  # the authors clip the encoders'/decoders' gradient norm at 5
+
+    def __init__(self, modalities: Mapping[str, StoreLike], links: str | os.PathLike | Sequence[FeatureLinks] | None = "auto",
+                 config: SCMODALConfig | Mapping[str, Any] | None = None, kinds: Mapping[str, str] | None = None,
+                 genes_bed: str | os.PathLike | None = None, label_key: str | None = None, seed: int = 0,
+                 progress: bool = False) -> None:
+        super().__init__(modalities, seed)
+        self.config = config if isinstance(config, SCMODALConfig) else SCMODALConfig.from_dict(config or {})
+        self.kinds = dict(kinds or {})
+        self.genes_bed = None if genes_bed is None else str(Path(genes_bed).resolve())
+        self.label_key = label_key
+        self.links_spec = links if isinstance(links, str | os.PathLike) or links is None else "given"
+        self.stats = {m: checked_stats(s, self.config.n_top_features, progress) for m, s in self.stores.items()}
+        self.links = resolve_links(self.stores, links, self.kinds, genes_bed)
+        self.features = self._select_features()
+        self.link_matrices = {pair: lk.to_matrix(self.features[pair[0]], self.features[pair[1]])
+                              for pair, lk in self.links.items()}
+        for (s, t), (cols, _) in self.link_matrices.items():
+            if len(cols) == 0:
+                raise InputError(f"links {s} -> {t}", "features", "no linked feature is among the selected input features",
+                                 "raise n_top_features or check the links table")
+
+    def _select_features(self) -> dict[str, list[str]]:
+        """Linked features first, then the most variable ones (count modalities wider than ``n_top_features``)."""
+        linked: dict[str, list[str]] = {m: [] for m in self.stores}
+        for (s, t), lk in self.links.items():
+            for m, col in ((s, "source_feature"), (t, "target_feature")):
+                present = set(self.stores[m].var_names)
+                linked[m].extend(f for f in lk.table[col] if f in present)
+        out = {}
+        for m, store in self.stores.items():
+            feats = list(dict.fromkeys(linked[m]))
+            stats = self.stats[m]
+            if store.kind == "counts" and store.n_vars > self.config.n_top_features and stats.hvg_rank is not None:
+                keep = set(feats)
+                feats += [f for f in stats.hvg(store.n_vars) if f not in keep][: max(self.config.n_top_features - len(feats), 0)]
+            else:
+                keep = set(feats)
+                feats += [f for f in store.var_names if f not in keep]
+            out[m] = feats
+        return out
+
+    # ---- IntegrationModel hooks ---------------------------------------------------------------------------
+    def preprocess(self, modality: str) -> Preprocess:
+        return Preprocess(features=self.features[modality], scale=True, max_value=self.config.max_value)
+
+    def stream_options(self, modality: str) -> dict[str, Any]:
+        return {"stats": self.stats[modality]}
+
+    def build_module(self) -> SCMODALModule:
+        c = self.config
+        return SCMODALModule({m: len(f) for m, f in self.features.items()}, self.link_matrices, n_latent=c.n_latent,
+                             hidden=c.hidden, weights=c.weights, d_steps=c.d_steps, k=c.k, lr=c.lr,
+                             weight_decay=c.weight_decay, geo_threshold=c.geo_threshold)
+
+    def train_stream(self) -> IterableDataset:
+        c = self.config
+        streams = {m: CellStream(s, min(c.batch_size, s.n_obs), seed=self.seed, preprocess=self.preprocess(m),
+                                 stats=self.stats[m], drop_last=s.n_obs >= c.batch_size, label_key=None)
+                   for m, s in self.stores.items()}
+        return UnpairedStream(streams)
+
+    def embed_batch(self, modality: str, batch: CellBatch) -> dict[str, torch.Tensor]:
+        return {EMBEDDING_KEY: self.module.encode(modality, batch.dense())}
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "seed": self.seed, "inputs": dict(self.inputs), "kinds": self.kinds,
+                "links": str(self.links_spec) if self.links_spec is not None else "auto", "genes_bed": self.genes_bed,
+                "model": asdict(self.config),
+                "features": {m: {"n": len(f), "linked": {f"{s}->{t}": int(len(self.link_matrices[(s, t)][0]))
+                                                          for (s, t) in self.links if m in (s, t)}}
+                             for m, f in self.features.items()}}
+
+    # ---- downstream -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def impute(self, source: str, target: str, features: Sequence[str] | None = None,
+               out: str | os.PathLike | None = None, overwrite: bool = True) -> Path:
+        """Cross-modal imputation ``G_target(E_source(x))`` for every cell of ``source``, streamed to a store.
+
+        Values are in the target's input space (log-normalised, scaled). ``features`` picks target features
+        (default: all the target's input features). Written as ``X`` of an AnnData Zarr store
+        (default ``RUN/imputed/<source>_to_<target>.zarr``) whose obs are the source cells.
+        """
+        from ..data.embeddings import EmbeddingWriter
+
+        module = self._require_module().to(self.device).eval()
+        for m in (source, target):
+            if m not in self.stores:
+                raise InputError(type(self).__name__, "modality", f"unknown modality {m!r}", f"use one of {list(self.stores)}")
+        names = pd.Index(self.features[target])
+        pick = np.arange(len(names)) if features is None else names.get_indexer(list(features))
+        if (pick < 0).any():
+            missing = [f for f, p in zip(features, pick) if p < 0][:5]
+            raise InputError(f"imputation {source} -> {target}", "features", f"not among {target}'s input features: {missing}",
+                             f"pick from the {len(names)} features of model.features[{target!r}]")
+        if out is None:
+            if self.run_dir is None:
+                raise InputError(type(self).__name__, "out", "no output path and no run directory", "pass out=...")
+            out = self.run_dir / "imputed" / f"{source}_to_{target}.zarr"
+        cols = torch.as_tensor(pick, device=self.device)
+        with EmbeddingWriter(out, self.stores[source], {}, var_names=names[pick], overwrite=overwrite) as writer:
+            for b in self.iter_batches(source):
+                y = module.translate(source, target, b.dense())[:, cols]
+                writer.write(b.rows.cpu().numpy(), {"X": y.float().cpu().numpy()})
+        module.train()
+        return Path(out)
+
+    @torch.no_grad()
+    def feature_relationships(self, source: str, target: str) -> pd.DataFrame:
+        """Correlation across ``source`` cells between each measured source feature and each imputed target feature.
+
+        For proteins vs genes this recovers which genes track which proteins. Streamed: sums and cross-products
+        are accumulated batch by batch (memory ``d_source x d_target``).
+
+        Returns
+        -------
+        DataFrame
+            ``source_feature, target_feature, r`` for every pair, highest ``r`` first.
+        """
+        module = self._require_module().to(self.device).eval()
+        ds, dt = len(self.features[source]), len(self.features[target])
+        acc = {k: torch.zeros(shape, dtype=torch.float64, device=self.device) for k, shape in
+               (("sx", ds), ("sy", dt), ("sxx", ds), ("syy", dt), ("sxy", (ds, dt)))}
+        n = 0
+        for b in self.iter_batches(source):
+            x = b.dense().double()
+            y = module.translate(source, target, b.dense()).double()
+            acc["sx"] += x.sum(0)
+            acc["sy"] += y.sum(0)
+            acc["sxx"] += (x * x).sum(0)
+            acc["syy"] += (y * y).sum(0)
+            acc["sxy"] += x.T @ y
+            n += x.shape[0]
+        module.train()
+        cov = acc["sxy"] / n - torch.outer(acc["sx"], acc["sy"]) / n**2
+        sdx = (acc["sxx"] / n - (acc["sx"] / n) ** 2).clamp_min(0).sqrt()
+        sdy = (acc["syy"] / n - (acc["sy"] / n) ** 2).clamp_min(0).sqrt()
+        r = (cov / torch.outer(sdx, sdy)).nan_to_num(0.0).cpu().numpy()
+        table = pd.DataFrame({"source_feature": np.repeat(self.features[source], dt),
+                              "target_feature": np.tile(self.features[target], ds), "r": r.ravel()})
+        return table.sort_values("r", ascending=False, ignore_index=True)

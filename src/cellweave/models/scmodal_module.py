@@ -1,0 +1,175 @@
+"""scMODAL's networks and its training step (the math; :mod:`cellweave.models.scmodal` is the user API).
+
+Per modality an encoder ``E_m`` (d -> 512 -> q) and a decoder ``G_m`` (q -> 512 -> d); one discriminator per
+consecutive pair of modalities in ``order`` (chained alignment for more than two modalities). A training
+step takes one minibatch of every modality and
+
+1. trains the discriminators ``d_steps`` times on the (detached) latent codes of this step;
+2. trains encoders and decoders on
+   ``w_gan * GAN + w_ae * AE + w_cross * cross-consistency + w_anchor * MNN anchors + w_geo * geometry``,
+   where AE is the within-domain reconstruction MSE, cross-consistency is ``||E_s(x) - E_t(G_t(E_s(x)))||^2 / q``
+   for each linked pair in both directions, MNN anchors are mutual nearest neighbours *inside the two
+   minibatches* on linked features (cosine, k=30), and geometry compares Gaussian-kernel rows of inputs and
+   latents (threshold 0.975).
+
+Defaults follow the authors' code (see ../shared/DESIGN.md): weights AE 10, cross 10, MNN 1, geometry 10,
+GAN 1; 5 discriminator steps per generator step; Adam lr 1e-3, weight decay 1e-3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..losses import anchor_loss, discriminator_loss, geometry_loss
+from ..neighbors import mnn_pairs
+from ..nn import MLP, Discriminator
+from ..train import TrainingModule
+
+
+def _as_tensor(W) -> torch.Tensor:
+    """A link matrix as a float32 tensor: dense, or sparse COO when scipy gives it sparse (gene x peak links)."""
+    if sp.issparse(W):
+        coo = W.tocoo()
+        idx = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.long)
+        return torch.sparse_coo_tensor(idx, torch.as_tensor(coo.data, dtype=torch.float32), coo.shape).coalesce()
+    return torch.as_tensor(W, dtype=torch.float32)
+
+
+@dataclass
+class SCMODALWeights:
+    """Loss weights (ablations set a weight to 0)."""
+
+    gan: float = 1.0
+    ae: float = 10.0
+    cross: float = 10.0
+    anchor: float = 1.0
+    geo: float = 10.0
+
+
+def pair_key(a: str, b: str) -> str:
+    """ModuleDict/buffer key of a modality pair."""
+    return f"{a}__{b}"
+
+
+class SCMODALModule(TrainingModule):
+    """Encoders, decoders and chained discriminators of scMODAL.
+
+    Parameters
+    ----------
+    n_features
+        Input width per modality, in integration order.
+    links
+        For each linked pair ``(s, t)``: ``(columns of s, weights W (n_links x d_t))`` such that the linked
+        features of a cell are ``x_s[:, columns]`` in ``s`` and ``x_t @ W.T`` in ``t``.
+    n_latent, hidden
+        Latent width ``q`` and hidden width of encoders/decoders.
+    weights
+        Loss weights.
+    d_steps
+        Discriminator updates per step.
+    k
+        Neighbours for MNN anchors.
+    lr, weight_decay
+        Adam settings for every network.
+    geo_threshold
+        Cap of the kernel cosine in the geometry loss.
+    """
+
+    def __init__(self, n_features: Mapping[str, int], links: Mapping[tuple[str, str], tuple[torch.Tensor, torch.Tensor]],
+                 n_latent: int = 20, hidden: int = 512, weights: SCMODALWeights | None = None, d_steps: int = 5, k: int = 30,
+                 lr: float = 1e-3, weight_decay: float = 1e-3, geo_threshold: float = 0.975) -> None:
+        super().__init__()
+        self.order: list[str] = list(n_features)
+        self.n_latent = n_latent
+        self.weights = weights or SCMODALWeights()
+        self.d_steps, self.k, self.lr, self.weight_decay, self.geo_threshold = d_steps, k, lr, weight_decay, geo_threshold
+        self.encoders = nn.ModuleDict({m: MLP(d, n_latent, (hidden,)) for m, d in n_features.items()})
+        self.decoders = nn.ModuleDict({m: MLP(n_latent, d, (hidden,)) for m, d in n_features.items()})
+        self.chain: list[tuple[str, str]] = list(zip(self.order[:-1], self.order[1:]))
+        self.discriminators = nn.ModuleDict({pair_key(a, b): Discriminator(n_latent) for a, b in self.chain})
+        self.link_pairs: list[tuple[str, str]] = []
+        for (s, t), (cols, W) in links.items():
+            self.register_buffer(f"link_cols__{pair_key(s, t)}", torch.as_tensor(cols, dtype=torch.long))
+            self.register_buffer(f"link_w__{pair_key(s, t)}", _as_tensor(W))
+            self.link_pairs.append((s, t))
+
+    def hparams(self) -> dict:
+        """Constructor settings (for the run's resolved config)."""
+        return {"n_latent": self.n_latent, "d_steps": self.d_steps, "k": self.k, "lr": self.lr,
+                "weight_decay": self.weight_decay, "geo_threshold": self.geo_threshold, "weights": asdict(self.weights)}
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        gen = list(self.encoders.parameters()) + list(self.decoders.parameters())
+        opts = {"generator": torch.optim.Adam(gen, lr=self.lr, weight_decay=self.weight_decay)}
+        if self.chain:
+            opts["discriminator"] = torch.optim.Adam(self.discriminators.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return opts
+
+    def linked(self, s: str, t: str, x_s: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The linked-feature views of two minibatches."""
+        key = pair_key(s, t)
+        cols, W = getattr(self, f"link_cols__{key}"), getattr(self, f"link_w__{key}")
+        linked_t = torch.sparse.mm(W, x_t.T).T if W.is_sparse else x_t @ W.T
+        return x_s[:, cols], linked_t
+
+    def encode(self, m: str, x: torch.Tensor) -> torch.Tensor:
+        """Latent codes of modality ``m``."""
+        return self.encoders[m](x)
+
+    def translate(self, source: str, target: str, x: torch.Tensor) -> torch.Tensor:
+        """Cross-modal imputation ``G_target(E_source(x))``."""
+        return self.decoders[target](self.encoders[source](x))
+
+    def _discriminator_loss(self, z: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return sum(discriminator_loss(self.discriminators[pair_key(a, b)](z[a]), self.discriminators[pair_key(a, b)](z[b]))
+                   for a, b in self.chain)
+
+    def training_step(self, batch: Mapping, ctx) -> dict[str, float]:
+        x = {m: batch[m].dense(ctx.device) for m in self.order}
+        w = self.weights
+        terms: dict[str, float] = {}
+        if self.chain and w.gan > 0:
+            self.discriminators.requires_grad_(True)
+            with torch.no_grad(), ctx.autocast():
+                z_fixed = {m: self.encode(m, x[m]) for m in self.order}
+            for _ in range(self.d_steps):
+                with ctx.autocast():
+                    d_loss = self._discriminator_loss({m: v.float() for m, v in z_fixed.items()})
+                ctx.optimize(d_loss, "discriminator")
+            terms["disc"] = float(d_loss.detach())
+            self.discriminators.requires_grad_(False)
+        with ctx.autocast():
+            z = {m: self.encode(m, x[m]) for m in self.order}
+            recon = sum(F.mse_loss(self.decoders[m](z[m]), x[m]) for m in self.order)
+            zero = z[self.order[0]].sum() * 0.0
+            gan = zero
+            if self.chain and w.gan > 0:
+                # the minimax form of the authors' code: encoders maximise the discriminators' loss
+                gan = -self._discriminator_loss(z)
+            cross = zero
+            for a, b in self.chain:
+                for s, t in ((a, b), (b, a)):
+                    z_back = self.encode(t, self.decoders[t](z[s]))
+                    cross = cross + (z[s] - z_back).pow(2).sum(1).mean() / self.n_latent
+            anchors = zero
+            n_pairs = 0
+            for s, t in self.link_pairs:
+                ls, lt = self.linked(s, t, x[s], x[t])
+                pairs = mnn_pairs(ls.float(), lt.float(), k=self.k, metric="cosine")
+                n_pairs += int(pairs.shape[0])
+                anchors = anchors + anchor_loss(z[s], z[t], pairs)
+            geo = sum(geometry_loss(x[m], z[m], self.geo_threshold) for m in self.order)
+            total = w.gan * gan + w.ae * recon + w.cross * cross + w.anchor * anchors + w.geo * geo
+        ctx.optimize(total, "generator")
+        self.discriminators.requires_grad_(True)
+        terms.update({"loss": float(total.detach()), "gan": float(gan.detach()), "ae": float(recon.detach()),
+                      "cross": float(cross.detach()), "anchor": float(anchors.detach()), "geo": float(geo.detach()),
+                      "mnn_pairs": float(n_pairs)})
+        return terms

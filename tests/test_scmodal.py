@@ -1,0 +1,113 @@
+"""scMODAL end to end on simulated stores: integration quality, exact resume, outputs, and input errors."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from cellweave.data import InMemorySource, write_zarr
+from cellweave.downstream import transfer_labels
+from cellweave.errors import InputError
+from cellweave.links import gene_activity, read_links
+from cellweave.models import SCMODAL, read_embedding
+from cellweave.simulate import simulate_atlas
+
+SMALL = {"n_top_features": 300, "hidden": 128, "batch_size": 256}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two torch threads on a loaded 2-core machine are many times slower than one."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim") / "atlas"
+    return simulate_atlas(root, 1500, n_genes=600, n_proteins=40, n_peaks=1200, seed=1, progress=False)
+
+
+def _links(atlas):
+    from cellweave.data import open_modality
+
+    rna, atac = open_modality(atlas["rna"]), open_modality(atlas["atac"])
+    return read_links(atlas["links"]) + [gene_activity(list(atac.var_names), atlas["genes_bed"], list(rna.var_names))]
+
+
+def test_three_modalities_label_transfer(atlas, tmp_path):
+    model = SCMODAL({m: atlas[m] for m in ("rna", "adt", "atac")}, links=_links(atlas), config=SMALL, seed=0)
+    assert set(model.link_matrices) == {("adt", "rna"), ("rna", "atac")}
+    result = model.fit(300, run_dir=tmp_path / "run", progress=False)
+    assert result.step == 300 and (tmp_path / "run" / "config.toml").exists() and (tmp_path / "run" / "loss_curves.png").exists()
+    paths = model.embed(progress=False)
+    emb = ad.read_zarr(paths["adt"])
+    assert emb.obsm["X_cellweave"].shape == (1500, 20) and emb.obs_names[0] == "adt_0"
+    accs = {}
+    for q in ("adt", "atac"):
+        pred = transfer_labels(paths["rna"], paths[q], "cell_type", k=15)
+        accs[q] = float((pred["predicted"] == pred["true"]).mean())
+    print("label transfer accuracy", accs)
+    chance = 1 / emb.obs["cell_type"].nunique()
+    # Short CPU run (300 steps of the authors' 10,000): well above chance; issue 3's 0.8 needs the full schedule.
+    assert min(accs.values()) > 2.5 * chance, accs
+
+    # imputation and feature relationships: a protein's imputed coding gene tracks the measured protein
+    out = model.impute("adt", "rna", features=model.features["rna"][:10])
+    imp = ad.read_zarr(out)
+    assert imp.shape == (1500, 10) and np.isfinite(imp.X).all()
+    rel = model.feature_relationships("adt", "rna")
+    links = read_links(atlas["links"])[0].table
+    linked = rel.merge(links, on=["source_feature", "target_feature"])
+    assert linked["r"].mean() > rel["r"].mean() + 0.05
+
+
+def test_resume_gives_the_same_embedding(atlas, tmp_path):
+    inputs = {m: atlas[m] for m in ("rna", "adt")}
+    links = read_links(atlas["links"])
+    full = SCMODAL(inputs, links=links, config=SMALL, seed=3)
+    full.fit(16, run_dir=tmp_path / "full", progress=False)
+    a = read_embedding(full.embed(progress=False)["adt"])
+    part = SCMODAL(inputs, links=links, config=SMALL, seed=3)
+    part.fit(8, run_dir=tmp_path / "part", progress=False)
+    part.fit(16, run_dir=tmp_path / "part", progress=False, resume=True)
+    b = read_embedding(part.embed(progress=False)["adt"])
+    np.testing.assert_array_equal(a, b)
+    other = SCMODAL(inputs, links=links, config=SMALL, seed=4)
+    other.fit(16, run_dir=tmp_path / "other", progress=False)
+    assert not np.array_equal(a, read_embedding(other.embed(progress=False)["adt"]))
+
+
+def _store(tmp_path, name, X, var_names, obs_names):
+    src = InMemorySource(name, name, pd.DataFrame(index=obs_names), pd.DataFrame(index=var_names), X, kind="counts")
+    return write_zarr(src, tmp_path / f"{name}.zarr")
+
+
+def test_no_surviving_links_is_refused(atlas, tmp_path):
+    rng = np.random.default_rng(0)
+    adt = _store(tmp_path, "adt", rng.poisson(3, (50, 5)).astype(np.float32), [f"NOTAPROTEIN{i}" for i in range(5)],
+                 [f"c{i}" for i in range(50)])
+    with pytest.raises(InputError, match="links"):
+        SCMODAL({"rna": atlas["rna"], "adt": adt}, links="auto")
+
+
+def test_zero_cells_is_refused(atlas, tmp_path):
+    path = tmp_path / "empty.h5ad"
+    ad.AnnData(X=sp.csr_matrix((0, 5), dtype=np.float32), var=pd.DataFrame(index=[f"CD{i}" for i in range(5)])).write_h5ad(path)
+    with pytest.raises(InputError, match="zero cells"):
+        SCMODAL({"rna": atlas["rna"], "adt": path}, links="auto")
+
+
+def test_nan_input_is_refused_before_training(atlas, tmp_path):
+    X = np.random.default_rng(0).poisson(3, (40, 4)).astype(np.float32)
+    X[7, 2] = np.nan
+    path = tmp_path / "nan.h5ad"
+    ad.AnnData(X=X, obs=pd.DataFrame(index=[f"c{i}" for i in range(40)]), var=pd.DataFrame(index=["CD3", "CD4", "CD8a", "CD19"])).write_h5ad(path)
+    with pytest.raises(InputError, match="NaN"):
+        SCMODAL({"rna": atlas["rna"], "adt": path}, links="auto")
