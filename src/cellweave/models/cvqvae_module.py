@@ -27,9 +27,8 @@ as in the authors' code (which saves the encoder outputs); the code index of eac
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -40,6 +39,7 @@ from ..data.batch import CellBatch
 from ..errors import InputError
 from ..nn import MLP, EMACodebook
 from ..train import StepContext, TrainingModule
+from ..train.module import evaluating
 
 #: ``Var(x)`` in the reconstruction terms averages the minibatch variances of about this many recent cells
 VAR_WINDOW = 10_000
@@ -52,18 +52,6 @@ class CVQVAEWeights:
     self_recon: float = 1.0
     cross: float = 1.0
     latent: float = 10.0
-
-
-@contextlib.contextmanager
-def _evaluating(module: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradient inside; the module's previous mode after."""
-    was = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.train(was)
 
 
 class CVQVAEModule(TrainingModule):
@@ -245,7 +233,7 @@ class CVQVAEModule(TrainingModule):
             ``"codes"``: the index of each cell's nearest code ``(n,)``.
         """
         device = next(self.parameters()).device
-        with _evaluating(self):
+        with evaluating(self):
             z = self.encode(modality, batch.dense(device).float(), batch.batch).float()
             return {"X_cellweave": z, "codes": self.codebook.nearest(z)}
 
@@ -254,6 +242,6 @@ class CVQVAEModule(TrainingModule):
         if target not in self.n_features:
             raise InputError("CVQVAE", "target", f"unknown modality {target!r}", f"use one of {self.order}")
         device = next(self.parameters()).device
-        with _evaluating(self):
+        with evaluating(self):
             z = self.encode(source, x.to(device).float(), batch_codes).float()
             return self.decode(target, self.codebook(z).quantized, batch_codes)

@@ -33,8 +33,7 @@ The cell embedding is the posterior mean; :meth:`FactVAEModule.embed_paired` con
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -47,6 +46,7 @@ from ..losses import kl_normal, regulatory_prior_loss, similarity_structure_loss
 from ..nn import MLP
 from ..nn.likelihoods import log_zinb
 from ..train import StepContext, TrainingModule
+from ..train.module import evaluating
 
 #: bound of ``log theta`` (keeps ``exp`` finite; far outside any fitted dispersion)
 LOG_THETA_MAX = 15.0
@@ -61,18 +61,6 @@ class FactVAEWeights:
     kl: float = 0.001
     prior: float = 1.0
     ssa: float = 1.0
-
-
-@contextlib.contextmanager
-def _evaluating(module: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradient inside; the module's previous mode after."""
-    was = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.train(was)
 
 
 class FactorDecoder(nn.Module):
@@ -290,7 +278,7 @@ class FactVAEModule(TrainingModule):
         """
         if modality not in self.n_features:
             raise InputError("FactVAE", "modality", f"unknown modality {modality!r}", f"use {self.rna!r} or {self.atac!r}")
-        with _evaluating(self):
+        with evaluating(self):
             mu, _ = self.encoders[modality](self._encoder_input(modality, batch, self._device()))
         return {"X_cellweave": mu}
 

@@ -18,7 +18,7 @@ GAN 1; 5 discriminator steps per generator step; Adam lr 1e-3, weight decay 1e-3
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np

@@ -130,3 +130,15 @@ class TrainingModule(torch.nn.Module):
 
     def on_fit_start(self, ctx: StepContext) -> None:
         """Called once per fit, after seeding and moving to the device and before the optimizers are made."""
+
+
+@contextlib.contextmanager
+def evaluating(module: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no gradient inside; the module's previous mode after."""
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was)
