@@ -21,10 +21,10 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from measure import measure as run_measured, write_json
 
 import numpy as np
 
@@ -134,26 +134,7 @@ def run_one(name: str, path: Path) -> dict:
 
 def measure(name: str, path: Path) -> dict:
     """Run one benchmark in a subprocess and sample its process tree's RSS."""
-    import psutil
-
-    cmd = [sys.executable, __file__, "--run-one", name, "--embedding", str(path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        last = [line for line in err.strip().splitlines() if line.strip()]
-        return {"error": last[-1] if last else f"exit code {proc.returncode}"}
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mb"] = peak / 2**20
-    return result
+    return run_measured([__file__, "--run-one", name, "--embedding", str(path)])
 
 
 def compare(ours: dict, scib: dict) -> dict:
@@ -196,9 +177,7 @@ def main() -> None:
         results["metric_differences_vs_scib"] = compare(ours, scib)
         print(f"scib-metrics / cellweave (same metric set) = {results['speedup_vs_scib']:.2f}x")
         print("cellweave - scib-metrics: " + ", ".join(f"{k} {v:+.3f}" for k, v in results["metric_differences_vs_scib"].items()))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

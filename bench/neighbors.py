@@ -12,11 +12,12 @@ are steady-state ones; MNN minibatch timing (two batches of 500 x dim, k) is rep
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from pathlib import Path
+
+from measure import write_json
 
 import numpy as np
 import torch
@@ -95,9 +96,7 @@ def main() -> None:
         n_pairs = mnn_pairs(a, b, k=args.k, metric="cosine").shape[0]
     results["mnn_500x500_ms"] = (time.perf_counter() - t) / 20 * 1e3
     print(f"mnn_pairs 500 x 500 on {device}: {results['mnn_500x500_ms']:.2f} ms ({n_pairs} pairs)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from measure import measure as run_measured, write_json
 
 BASELINES = ("cellweave_zarr", "cellweave_soma", "tiledbsoma_ml", "annbatch", "anndata_inmemory")
 
@@ -125,26 +126,7 @@ def _run_annbatch(data: Path, batch_size: int) -> dict:
 
 def measure(name: str, data: Path, batch_size: int, workers: int) -> dict:
     """Run one loader in a subprocess and sample its process tree's RSS."""
-    import psutil
-
-    cmd = [sys.executable, __file__, "--run-one", name, "--data", str(data), "--batch-size", str(batch_size), "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        last = [line for line in err.strip().splitlines() if line.strip()]
-        return {"error": last[-1] if last else f"exit code {proc.returncode}"}
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mb"] = peak / 2**20
-    return result
+    return run_measured([__file__, "--run-one", name, "--data", str(data), "--batch-size", str(batch_size), "--workers", str(workers)])
 
 
 def main() -> None:
@@ -175,9 +157,7 @@ def main() -> None:
     if "cells_per_s" in base and "cells_per_s" in cz:
         results["ratio_zarr_vs_tiledbsoma_ml"] = cz["cells_per_s"] / base["cells_per_s"]
         print(f"cellweave_zarr / tiledbsoma_ml = {results['ratio_zarr_vs_tiledbsoma_ml']:.2f}x")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -160,16 +160,18 @@ class AtlasSimulator:
         cfg = self.config
         genes = set(self.gene_names)
         keep = [i for i, g in enumerate(self.protein_table["genes"]) if all(x.strip() in genes for x in g.split(","))]
-        if cfg.n_proteins > len(keep):
+        if "adt" in cfg.modalities and cfg.n_proteins > len(keep):
             raise InputError("simulate", "proteins", f"{cfg.n_proteins} proteins asked but the antibody table links only {len(keep)} "
                              f"to the {self.n_genes} simulated genes", "ask for fewer proteins (--proteins) or more genes (--genes)")
-        picked = np.sort(rng.choice(keep, cfg.n_proteins, replace=False))
+        if "adt" not in cfg.modalities:
+            keep = keep[: cfg.n_proteins]  # truth tables stay defined; no protein panel is sampled
+        picked = np.sort(rng.choice(keep, min(cfg.n_proteins, len(keep)), replace=False))
         self.proteins = pd.Index(self.protein_table["protein"].to_numpy()[picked])
         gene_pos = self.gene_names.get_indexer
         self.protein_genes = [gene_pos([x.strip() for x in self.protein_table["genes"].iloc[i].split(",")]) for i in picked]
         L, P = cfg.n_programs, len(self.proteins)
         own = rng.normal(0, 0.5, (L, P)) * (rng.random((L, P)) < 0.3)
-        gene_part = np.stack([self.gene_loadings[:, g].mean(1) for g in self.protein_genes], axis=1)
+        gene_part = np.stack([self.gene_loadings[:, g].mean(1) for g in self.protein_genes], axis=1) if P else np.zeros((L, 0))
         scale = np.linalg.norm(gene_part, axis=0) + 1e-6
         own_scale = np.linalg.norm(own, axis=0) + 1e-6
         # Each protein: rho of its direction from its gene(s), the rest from its own program; 1.5x the gene's strength.
