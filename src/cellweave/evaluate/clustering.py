@@ -19,17 +19,54 @@ LEIDEN_RESOLUTIONS = tuple(2 * x / 10 for x in range(1, 11))
 _IGRAPH_RNG = threading.Lock()  # igraph's random generator is process-global
 
 
-def kmeans_labels(X: np.ndarray, n_clusters: int, *, seed: int = 0, n_redo: int = 5, n_iter: int = 50) -> np.ndarray:
-    """k-means cluster of every cell with FAISS (best of ``n_redo`` runs; trained on at most 2,048 cells
-    per cluster, then every cell assigned to its nearest centroid).
+def _kmeans_plus_plus(X: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeds (as sklearn: ``2 + log k`` candidates per step, the best kept)."""
+    n = len(X)
+    trials = 2 + int(np.log(k))
+    sq = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+
+    def d2(C: np.ndarray) -> np.ndarray:
+        return np.maximum(sq[None, :] - 2 * (C @ X.T) + np.einsum("ij,ij->i", C, C)[:, None], 0)
+
+    centers = [X[rng.integers(n)]]
+    closest = d2(centers[0][None])[0]
+    for _ in range(1, k):
+        candidates = rng.choice(n, size=trials, p=closest / closest.sum()) if closest.sum() > 0 else rng.integers(n, size=trials)
+        options = np.minimum(closest[None, :], d2(X[candidates]))
+        best = int(np.argmin(options.sum(axis=1)))
+        centers.append(X[candidates[best]])
+        closest = options[best]
+    return np.ascontiguousarray(centers, dtype=np.float32)
+
+
+def kmeans_labels(
+    X: np.ndarray, n_clusters: int, *, seed: int = 0, n_init: int = 10, n_iter: int = 100, points_per_cluster: int = 2048,
+) -> np.ndarray:
+    """k-means cluster of every cell: FAISS Lloyd iterations from k-means++ seeds, best of ``n_init``.
+
+    Trained on at most ``points_per_cluster x n_clusters`` random cells, then every cell is assigned to its
+    nearest centroid.
     """
     import faiss
 
     X = np.ascontiguousarray(X, dtype=np.float32)
-    km = faiss.Kmeans(X.shape[1], int(n_clusters), niter=n_iter, nredo=n_redo, seed=int(seed),
-                      max_points_per_centroid=2048, verbose=False)
-    km.train(X)
-    _, assigned = km.index.search(X, 1)
+    k = int(n_clusters)
+    rng = np.random.default_rng(seed)
+    limit = points_per_cluster * k
+    train = X if len(X) <= limit else X[np.sort(rng.choice(len(X), size=limit, replace=False))]
+    best, best_obj = None, np.inf
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # small problems: OpenMP start-up costs more than it saves
+    try:
+        for _ in range(n_init):
+            km = faiss.Kmeans(X.shape[1], k, niter=n_iter, nredo=1, seed=int(rng.integers(2**31 - 1)), verbose=False,
+                              max_points_per_centroid=-(-len(train) // k), min_points_per_centroid=1)
+            km.train(train, init_centroids=_kmeans_plus_plus(train, k, rng))
+            if km.obj[-1] < best_obj:
+                best, best_obj = km, km.obj[-1]
+    finally:
+        faiss.omp_set_num_threads(threads)
+    _, assigned = best.index.search(X, 1)
     return assigned.ravel().astype(np.int64)
 
 
@@ -50,13 +87,20 @@ def nmi_ari_kmeans(X: np.ndarray, labels: np.ndarray | pd.Series, *, seed: int =
     return nmi_ari(labels, kmeans_labels(X, n_labels, seed=seed))
 
 
-def leiden(graph: KnnGraph, resolution: float, *, n_neighbors: int = 15, seed: int = 42) -> np.ndarray:
-    """Leiden clusters (modularity, igraph) of the UMAP connectivities, seeded as scib-metrics."""
+def _igraph(graph: KnnGraph, n_neighbors: int):
+    """The UMAP connectivities as an igraph: directed with both edge directions, then undirected "each"
+    (as scanpy and scib-metrics).
+    """
     import igraph
 
-    # directed with both edge directions, then undirected "each" (as scanpy and scib-metrics)
     g = igraph.Graph.Weighted_Adjacency(graph.connectivities(n_neighbors), mode="directed")
     g.to_undirected(mode="each")
+    return g
+
+
+def _leiden(g, resolution: float, seed: int) -> np.ndarray:
+    import igraph
+
     with _IGRAPH_RNG:
         igraph.set_random_number_generator(random.Random(seed))
         try:
@@ -67,11 +111,17 @@ def leiden(graph: KnnGraph, resolution: float, *, n_neighbors: int = 15, seed: i
     return np.asarray(membership, dtype=np.int64)
 
 
+def leiden(graph: KnnGraph, resolution: float, *, n_neighbors: int = 15, seed: int = 42) -> np.ndarray:
+    """Leiden clusters (modularity, igraph) of the UMAP connectivities, seeded as scib-metrics."""
+    return _leiden(_igraph(graph, n_neighbors), resolution, seed)
+
+
 def leiden_grid(
     graph: KnnGraph, resolutions: tuple[float, ...] = LEIDEN_RESOLUTIONS, *, n_neighbors: int = 15, seed: int = 42,
 ) -> dict[float, np.ndarray]:
-    """Leiden clusters at each resolution (shared by NMI/ARI and the isolated-label F1)."""
-    return {float(r): leiden(graph, r, n_neighbors=n_neighbors, seed=seed) for r in resolutions}
+    """Leiden clusters at each resolution (shared by NMI/ARI and the isolated-label F1), on one igraph."""
+    g = _igraph(graph, n_neighbors)
+    return {float(r): _leiden(g, r, seed) for r in resolutions}
 
 
 def nmi_ari_leiden(clusterings: dict[float, np.ndarray], labels: np.ndarray | pd.Series) -> dict[str, float]:
