@@ -24,9 +24,9 @@ import platform
 import time
 from pathlib import Path
 
-from measure import measure as run_measured, write_json
-
 import numpy as np
+from measure import measure as run_measured
+from measure import write_json
 
 RUNS = ("cellweave_full", "cellweave_scib_set", "scib_benchmarker")
 SCIB_MAX_CELLS = 100_000
@@ -111,8 +111,10 @@ def run_one(name: str, path: Path) -> dict:
                                  modality_key="modality" if full else None, pair_key="pair" if full else None,
                                  X_pre=data["X_pre"], name=name)
         seconds = time.perf_counter() - t
-        return {"seconds": seconds, "steps": res.seconds, "metrics": res.to_dict()["metrics"],
-                "aggregate": res.to_dict()["aggregate"], "details": {k: v for k, v in res.details.items() if k != "isolated_labels"}}
+        doc = res.to_dict()
+        details = {k: v for k, v in doc["details"].items() if k != "isolated_labels"}
+        return {"seconds": seconds, "steps": res.seconds, "metrics": doc["metrics"], "aggregate": doc["aggregate"],
+                "details": details}
     if name == "scib_benchmarker":
         import anndata as ad
         from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation

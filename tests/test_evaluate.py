@@ -18,16 +18,16 @@ import scib_metrics
 from scib_metrics.nearest_neighbors import NeighborsResults
 from sklearn.cross_decomposition import CCA
 from sklearn.decomposition import PCA
-from sklearn.metrics import adjusted_rand_score, f1_score, normalized_mutual_info_score, silhouette_samples as sk_silhouette
-from sklearn.metrics import silhouette_score
+from sklearn.metrics import adjusted_rand_score, f1_score, normalized_mutual_info_score, silhouette_score
+from sklearn.metrics import silhouette_samples as sk_silhouette
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import MinMaxScaler
 
 from cellweave import InputError
 from cellweave.cli import main
 from cellweave.evaluate import (
-    KnnGraph,
     EvalSettings,
+    KnnGraph,
     aggregate,
     build_graph,
     clisi,
@@ -178,7 +178,11 @@ def test_kbet_equals_scib(pbmc, which, monkeypatch):
     ref, _, p_ref = scib_metrics.kbet(nn, batch)
     assert abs(ours - ref) < TOL
     assert np.abs(p - p_ref).max() < 1e-4
-    assert abs(kbet_per_label(g, batch, labels) - scib_metrics.kbet_per_label(nn, batch, labels)) < TOL
+    single = kbet_per_label(g, batch, labels)
+    assert abs(single - scib_metrics.kbet_per_label(nn, batch, labels)) < TOL
+    halves = np.where(np.arange(len(batch)) % 2 == 0, "even", "odd")  # two covariates share the diffusion maps
+    assert kbet_per_label(g, {"batch": batch, "half": halves}, labels) == {
+        "batch": single, "half": kbet_per_label(g, halves, labels)}
 
 
 def test_graph_connectivity_equals_scib(pbmc):
@@ -365,15 +369,16 @@ def test_suite_on_paired_modalities(cite):
 
 def test_undefined_metrics_are_nan_with_a_warning(pbmc):
     X = pbmc["X"]
+    quick = EvalSettings(leiden_resolutions=(1.0,))
     obs = pd.DataFrame({"cell_type": "T", "batch": pbmc["batch"]})
     with pytest.warns(UserWarning, match="single label"):
-        res = evaluate_embedding(X, obs, label_key="cell_type", batch_key="batch", settings=EvalSettings(leiden_resolutions=(1.0,)))
+        res = evaluate_embedding(X, obs, label_key="cell_type", batch_key="batch", settings=quick)
     bio = res.metrics["bio"]
     assert all(np.isnan(bio[k]) for k in ("silhouette_label", "clisi", "nmi_kmeans", "ari_leiden", "isolated_label_f1"))
     assert np.isfinite(res.metrics["batch"]["ilisi"]) and np.isfinite(res.metrics["batch"]["silhouette"])
     obs = pd.DataFrame({"cell_type": pbmc["labels"], "batch": "b0"})
     with pytest.warns(UserWarning, match="single batch"):
-        res = evaluate_embedding(X, obs, label_key="cell_type", batch_key="batch", settings=EvalSettings(leiden_resolutions=(1.0,)))
+        res = evaluate_embedding(X, obs, label_key="cell_type", batch_key="batch", settings=quick)
     batch = res.metrics["batch"]
     assert all(np.isnan(batch[k]) for k in ("silhouette", "ilisi", "kbet", "pcr_comparison"))
     assert np.isfinite(res.metrics["bio"]["silhouette_label"]) and np.isfinite(res.aggregate["overall"])

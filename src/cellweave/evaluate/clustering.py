@@ -40,7 +40,7 @@ def _kmeans_plus_plus(X: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
 
 
 def kmeans_labels(
-    X: np.ndarray, n_clusters: int, *, seed: int = 0, n_init: int = 10, n_iter: int = 100, points_per_cluster: int = 2048,
+    X: np.ndarray, n_clusters: int, *, seed: int = 0, n_init: int = 20, n_iter: int = 100, points_per_cluster: int = 2048,
 ) -> np.ndarray:
     """k-means cluster of every cell: FAISS Lloyd iterations from k-means++ seeds, best of ``n_init``.
 

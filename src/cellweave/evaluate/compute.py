@@ -1,9 +1,10 @@
 """Where the chunked metric work runs: a Dask scheduler context and the row-block map used by every metric.
 
-Every metric is a :func:`dask.array.map_blocks` over blocks of cells (rows); arrays every block needs whole
-(the embedding as reference, labels) enter the graph once as :func:`dask.delayed` objects. The scheduler is
-whatever is active: :func:`dask_scheduler` makes it a threaded pool, a ``LocalCluster`` (threads, no extra
-processes) or a client of a running cluster.
+Every metric runs as one task per block of cells (rows) of Dask arrays, concatenated (or summed) into the
+result; arrays every block needs whole (the embedding as reference, labels) enter once, as one graph node or,
+under a distributed scheduler, scattered to the workers. The scheduler is whatever is active:
+:func:`dask_scheduler` makes it a threaded pool, a ``LocalCluster`` (threads, no extra processes) or a client
+of a running cluster.
 """
 
 from __future__ import annotations
@@ -42,6 +43,29 @@ def shared(value: Any) -> Any:
     return dask.delayed(value, pure=True, traverse=False)
 
 
+def row_blocks(a: np.ndarray, chunk: int) -> da.Array:
+    """``a`` as a Dask array of ``chunk``-row blocks; under a distributed scheduler the blocks are scattered
+    to the workers first, so the task graph carries references, not the data.
+    """
+    client = _client()
+    if client is None:
+        return da.from_array(a, chunks=(chunk,) + tuple(a.shape[1:]), name=False)
+    starts = list(range(0, len(a), chunk))
+    futures = client.scatter([a[s:s + chunk] for s in starts], hash=False)
+    return da.concatenate([
+        da.from_delayed(dask.delayed(f), shape=(min(chunk, len(a) - s),) + tuple(a.shape[1:]), dtype=a.dtype)
+        for f, s in zip(futures, starts, strict=True)
+    ])
+
+
+def compute(*collections: Any) -> tuple:
+    """``dask.compute`` with one BLAS thread per task: the Dask workers already occupy the cores, and
+    OpenBLAS threads inside concurrent tasks (GEMM tiles, ARPACK) slow everything down many times over.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return dask.compute(*collections)
+
+
 def map_rows(
     func: Callable[..., np.ndarray],
     row_arrays: list[np.ndarray],
@@ -78,7 +102,7 @@ def map_rows(
     if n == 0:
         return np.zeros((0,) if n_out is None else (0, n_out), dtype=dtype)
     chunk = row_chunk(n, chunk_size)
-    arrays = [da.from_array(a, chunks=(chunk,) + tuple(a.shape[1:]), name=False) for a in row_arrays]
+    arrays = [row_blocks(a, chunk) for a in row_arrays]
     per_array = [a.to_delayed().reshape(-1) for a in arrays]
     wrapped = tuple(shared(a) for a in shared_args)
     task = dask.delayed(func, pure=True)
@@ -87,7 +111,7 @@ def map_rows(
         shape = (rows,) if n_out is None else (rows, n_out)
         block = task(b * chunk, *[p[b] for p in per_array], *wrapped)
         parts.append(da.from_delayed(block, shape=shape, dtype=dtype))
-    return np.asarray(da.concatenate(parts, axis=0).compute())
+    return np.asarray(compute(da.concatenate(parts, axis=0))[0])
 
 
 def sum_blocks(
@@ -105,7 +129,7 @@ def sum_blocks(
     """
     n = len(row_arrays[0])
     chunk = row_chunk(n, chunk_size)
-    arrays = [da.from_array(a, chunks=(chunk,) + tuple(a.shape[1:]), name=False) for a in row_arrays]
+    arrays = [row_blocks(a, chunk) for a in row_arrays]
     per_array = [a.to_delayed().reshape(-1) for a in arrays]
     wrapped = tuple(shared(a) for a in shared_args)
     task = dask.delayed(func, pure=True)
@@ -113,7 +137,7 @@ def sum_blocks(
         da.from_delayed(task(b * chunk, *[p[b] for p in per_array], *wrapped), shape=shape, dtype=np.float64)
         for b in range(len(arrays[0].chunks[0]))
     ]
-    return np.asarray(da.stack(parts).sum(axis=0).compute())
+    return np.asarray(compute(da.stack(parts).sum(axis=0))[0])
 
 
 @contextlib.contextmanager
@@ -140,22 +164,16 @@ def dask_scheduler(scheduler: str | None = None, n_workers: int = 2, n_cells: in
     choice = scheduler or "auto"
     if choice == "auto":
         choice = "local" if n_cells >= LOCAL_CLUSTER_MIN_CELLS else "threads"
-    # one BLAS thread per Dask worker thread: the workers already use the cores
-    with contextlib.ExitStack() as stack:
-        if choice in ("threads", "synchronous"):
-            stack.enter_context(threadpool_limits(limits=1, user_api="blas") if n_workers > 1 else contextlib.nullcontext())
-            stack.enter_context(dask.config.set(scheduler=choice, num_workers=n_workers))
+    if choice in ("threads", "synchronous"):
+        with dask.config.set(scheduler=choice, num_workers=n_workers):
             yield f"dask {choice} ({n_workers if choice == 'threads' else 1} worker threads)"
-            return
-        from distributed import Client, LocalCluster
+        return
+    from distributed import Client, LocalCluster
 
-        if choice == "local":
-            stack.enter_context(threadpool_limits(limits=1, user_api="blas") if n_workers > 1 else contextlib.nullcontext())
-            cluster = stack.enter_context(
-                LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False, dashboard_address=None)
-            )
-            stack.enter_context(Client(cluster, set_as_default=True))
+    if choice == "local":
+        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+                Client(cluster, set_as_default=True):
             yield f"dask LocalCluster ({n_workers} workers, threads)"
-            return
-        client = stack.enter_context(Client(choice, set_as_default=True))
+        return
+    with Client(choice, set_as_default=True) as client:
         yield f"dask cluster at {client.scheduler.address}"

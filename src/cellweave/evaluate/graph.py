@@ -8,6 +8,7 @@ metric asking for 15 neighbours sees the cell and its 14 nearest others, exactly
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,7 +87,9 @@ class KnnGraph:
         Kept in UMAP's COO entry order: Leiden's result depends on the edge order.
         """
         if n_neighbors not in self._connectivities:
-            from umap.umap_ import fuzzy_simplicial_set
+            with warnings.catch_warnings():  # umap's import warns that TensorFlow (unused here) is absent
+                warnings.simplefilter("ignore")
+                from umap.umap_ import fuzzy_simplicial_set
 
             dist, idx = self.with_self(n_neighbors)
             conn = fuzzy_simplicial_set(

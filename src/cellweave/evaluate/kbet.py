@@ -10,6 +10,7 @@ tasks and the score is the mean over labels.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import dask
 import numpy as np
@@ -19,7 +20,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import eigsh
 from scipy.special import gammaincc
 
-from .compute import map_rows, shared
+from .compute import compute, map_rows, shared
 from .graph import KnnGraph
 
 log = logging.getLogger(__name__)
@@ -81,75 +82,98 @@ def _transitions(conn: sp.csr_matrix) -> sp.csr_matrix:
     return (Z @ K @ Z).tocsr()
 
 
-def diffusion_neighbors(conn: sp.csr_matrix, k: int, n_comps: int = 100) -> np.ndarray:
-    """``k + 1`` neighbours (the cell first) of every node in a diffusion-map embedding of ``conn``.
+def diffusion_embedding(conn: sp.csr_matrix, n_comps: int = 100) -> np.ndarray:
+    """scib-metrics' diffusion map of a connectivity graph (float32, ``min(n_comps, n - 1)`` columns).
 
-    The embedding is scib-metrics': the top ``n_comps`` eigenvectors of the transition matrix scaled by
-    ``lambda / (1 - lambda)`` (the t-step sum integrated out); neighbours are exact Euclidean ones.
+    The top eigenvectors of the density-normalised transition matrix, scaled by ``lambda / (1 - lambda)``
+    (the t-step sum integrated out), so that Euclidean distance approximates diffusion distance.
     """
-    from ..neighbors import knn_graph
-
     T = _transitions(conn).astype(np.float64)
-    n_comps = min(T.shape[0] - 1, n_comps)
-    evals, evecs = eigsh(T, k=n_comps, which="LM")
+    evals, evecs = eigsh(T, k=min(T.shape[0] - 1, n_comps), which="LM")
     evals, evecs = evals.astype(np.float32)[::-1], evecs.astype(np.float32)[:, ::-1]
     evals = evals + np.float32(_EPS)
     scaled = np.array([e if e == 1 else e / (1 - e) for e in evals], dtype=np.float32)
-    embedding = np.ascontiguousarray(evecs * scaled)
+    return np.ascontiguousarray(evecs * scaled)
+
+
+def diffusion_neighbors(embedding: np.ndarray, k: int) -> np.ndarray:
+    """``k + 1`` exact Euclidean neighbours (the cell first) of every row of a diffusion embedding."""
+    from ..neighbors import knn_graph
+
     _, idx = knn_graph(embedding, k, metric="euclidean", backend="auto")
     return np.concatenate([np.arange(len(idx))[:, None], np.asarray(idx)], axis=1)
 
 
-def _kbet_label(conn: sp.csr_matrix, mask: np.ndarray, codes: np.ndarray, alpha: float, n_comps: int) -> float:
-    """scib-metrics' per-label kBET on one label's cells (NaN when too small or a single batch)."""
+def _kbet_label(conn: sp.csr_matrix, label_codes: np.ndarray, code: int, covariates: list[np.ndarray], alpha: float,
+                n_comps: int) -> list[float]:
+    """scib-metrics' kBET on one label's cells, for each covariate (NaN when too small or a single batch).
+
+    The diffusion map depends on the covariate only through which small components are dropped, so it is
+    computed once per kept cell set and shared by the covariates.
+    """
+    mask = label_codes == code
     sub = conn[mask][:, mask].tocsr()
     sub.sort_indices()
     n_obs = sub.shape[0]
-    batches = codes[mask]
-    if n_obs < 10 or len(np.unique(batches)) == 1:
-        return float("nan")
-    k0 = int(np.min([70, np.max([10, np.floor(np.mean(np.bincount(batches)[np.unique(batches)]) / 4)])]))
-    if k0 * n_obs >= SIZE_MAX:
-        k0 = int(np.floor(SIZE_MAX / n_obs))
-    n_comp, comp = connected_components(sub, connection="strong")
-    if n_comp > 1:
-        sizes = np.bincount(comp)
-        keep = np.flatnonzero(sizes[comp] >= 3 * k0)
-        if len(keep) / n_obs < 0.75:
-            return 0.0  # too many small components: kBET rejects everywhere
-        sub = sub[keep][:, keep].tocsr()
-        sub.sort_indices()
-        batches = batches[keep]
-    try:
-        nn = diffusion_neighbors(sub, k0, n_comps=min(n_comps, sub.shape[0] - 1))
-    except (ValueError, ArithmeticError) as exc:
-        log.info("diffusion map failed (%s): kBET counts the label as rejected", exc)
-        return 0.0
-    codes = np.unique(batches, return_inverse=True)[1]
-    n_batches = int(codes.max()) + 1
-    return _test(_counts_block(0, nn, codes, n_batches), codes, n_batches, alpha)[0]
+    n_comp, comp = connected_components(sub, connection="strong") if n_obs >= 10 else (1, None)
+    embeddings: dict[bytes, np.ndarray | None] = {}
+    scores = []
+    for codes in covariates:
+        batches = codes[mask]
+        if n_obs < 10 or len(np.unique(batches)) == 1:
+            scores.append(float("nan"))
+            continue
+        k0 = int(np.min([70, np.max([10, np.floor(np.mean(np.bincount(batches)[np.unique(batches)]) / 4)])]))
+        if k0 * n_obs >= SIZE_MAX:
+            k0 = int(np.floor(SIZE_MAX / n_obs))
+        keep = np.arange(n_obs)
+        if n_comp > 1:
+            keep = np.flatnonzero(np.bincount(comp)[comp] >= 3 * k0)
+            if len(keep) / n_obs < 0.75:
+                scores.append(0.0)  # too many small components: kBET rejects everywhere
+                continue
+        key = keep.tobytes()
+        if key not in embeddings:
+            part = sub if len(keep) == n_obs else sub[keep][:, keep].tocsr()
+            part.sort_indices()
+            try:
+                embeddings[key] = diffusion_embedding(part, n_comps)
+            except (ValueError, ArithmeticError) as exc:
+                log.info("diffusion map failed (%s): kBET counts the label as rejected", exc)
+                embeddings[key] = None
+        if embeddings[key] is None:
+            scores.append(0.0)
+            continue
+        nn = diffusion_neighbors(embeddings[key], k0)
+        local = np.unique(batches[keep], return_inverse=True)[1]
+        n_batches = int(local.max()) + 1
+        scores.append(_test(_counts_block(0, nn, local, n_batches), local, n_batches, alpha)[0])
+    return scores
 
 
 def kbet_per_label(
     graph: KnnGraph,
-    batches: np.ndarray | pd.Series,
+    batches: np.ndarray | pd.Series | Mapping[str, np.ndarray | pd.Series],
     labels: np.ndarray | pd.Series,
     n_neighbors: int = 50,
     alpha: float = 0.05,
     diffusion_n_comps: int = 100,
-) -> float:
+) -> float | dict[str, float]:
     """kBET per label on diffusion neighbours, averaged over labels (scib-metrics' ``kbet_per_label``).
 
-    One difference: scib-metrics lowers the number of diffusion components for every label after a small one
-    (its loop reuses the variable); here each label uses ``min(diffusion_n_comps, n_cells - 1)`` of its own,
-    so labels can run in parallel and in any order.
+    Labels run as parallel Dask tasks. One difference: scib-metrics lowers the number of diffusion
+    components for every label after a small one (its loop reuses the variable); here each label uses
+    ``min(diffusion_n_comps, n_cells - 1)`` of its own, so labels can run in any order.
 
     Parameters
     ----------
     graph
         The embedding's kNN graph.
-    batches, labels
-        One batch and one label per cell.
+    batches
+        One batch per cell, or several covariates by name (``{"batch": ..., "modality": ...}``), which then
+        share each label's diffusion map.
+    labels
+        One label per cell.
     n_neighbors
         Neighbours (cell included) of the connectivities (the Benchmarker uses 50).
     alpha
@@ -159,16 +183,23 @@ def kbet_per_label(
 
     Returns
     -------
-    float
-        Mean acceptance rate over labels that have at least 10 cells and two batches; NaN when none has.
+    float or dict
+        Mean acceptance rate over labels that have at least 10 cells and two batches (NaN when none has);
+        one per covariate when several were given.
     """
-    conn = graph.connectivities(n_neighbors).tocsr()
-    codes = np.asarray(pd.factorize(np.asarray(batches), sort=True)[0], dtype=np.int64)
-    lab = np.asarray(labels)
-    conn_shared = shared(conn)
+    many = isinstance(batches, Mapping)
+    named = dict(batches) if many else {"batch": batches}
+    codes = [np.asarray(pd.factorize(np.asarray(v), sort=True)[0], dtype=np.int64) for v in named.values()]
+    conn_shared = shared(graph.connectivities(n_neighbors).tocsr())
+    label_codes, label_names = pd.factorize(np.asarray(labels))
+    label_shared, codes_shared = shared(label_codes), shared(codes)
     tasks = [
-        dask.delayed(_kbet_label, pure=True)(conn_shared, lab == value, codes, alpha, diffusion_n_comps)
-        for value in pd.unique(lab)
+        dask.delayed(_kbet_label, pure=True)(conn_shared, label_shared, code, codes_shared, alpha, diffusion_n_comps)
+        for code in range(len(label_names))
     ]
-    scores = np.asarray(dask.compute(*tasks), dtype=np.float64)
-    return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
+    table = np.asarray(compute(*tasks), dtype=np.float64).reshape(len(tasks), len(codes))
+    out = {
+        name: float(np.nanmean(table[:, j])) if np.isfinite(table[:, j]).any() else float("nan")
+        for j, name in enumerate(named)
+    }
+    return out if many else out["batch"]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .compute import map_rows
-from .pairwise import centered, column_blocks, distance_tile, sq_norms
+from .pairwise import ROW_TILE, centered, closer_than_partner, column_blocks, dot_tile, sq_norms
 
 
 def _vote_block(_: int, idx: np.ndarray, codes: np.ndarray, n_codes: int) -> np.ndarray:
@@ -95,15 +95,14 @@ def _closer_block(_: int, Q: np.ndarray, own: np.ndarray, R: np.ndarray, r_sq: n
     """
     q_sq = sq_norms(Q)
     true = np.sqrt(((Q.astype(np.float64) - R[own]) ** 2).sum(axis=1))
-    closer = np.zeros(len(Q))
+    closer = np.zeros(len(Q), dtype=np.int64)
     total = np.zeros(len(Q))
-    for c0, c1 in column_blocks(len(R)):
-        D = distance_tile(Q, q_sq, R[c0:c1], r_sq[c0:c1]).astype(np.float64)
-        inside = (own >= c0) & (own < c1)
-        D[np.flatnonzero(inside), own[inside] - c0] = true[inside]  # the partner itself: exact, never closer
-        closer += (D < true[:, None]).sum(axis=1)
-        total += D.sum(axis=1)
-    return np.column_stack([closer, total, true])
+    for a, b in column_blocks(len(Q), ROW_TILE):
+        for c0, c1 in column_blocks(len(R)):
+            partner_col = np.where((own[a:b] >= c0) & (own[a:b] < c1), own[a:b] - c0, -1)
+            closer_than_partner(dot_tile(Q[a:b], R[c0:c1]), q_sq[a:b], r_sq[c0:c1], true[a:b], partner_col,
+                                closer[a:b], total[a:b])
+    return np.column_stack([closer.astype(np.float64), total, true])
 
 
 def _pairs(modality: np.ndarray, pair: np.ndarray, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ figures are drawn on matplotlib's Agg canvas without pyplot, so no display and n
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def umap_coordinates(X: np.ndarray, *, max_cells: int = UMAP_MAX_CELLS, seed: in
     rows, coordinates
         The subset's row numbers (sorted) and its ``(len(rows), 2)`` UMAP coordinates.
     """
-    import umap
+    with warnings.catch_warnings():  # umap's import warns that TensorFlow (unused here) is absent
+        warnings.simplefilter("ignore")
+        import umap
 
     n = X.shape[0]
     rows = np.arange(n) if n <= max_cells else np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .compute import map_rows
-from .pairwise import centered, column_blocks, distance_tile, sq_norms
+from .compute import map_rows, row_chunk
+from .pairwise import ROW_TILE, centered, column_blocks, dot_tile, group_distance_sums, runs, sq_norms
 
 SUMS_BUDGET = 1 << 24  # float64 per-group sums held per block (rows x fine groups): 128 MiB
 
@@ -115,7 +115,6 @@ def silhouette_samples(
     order = np.argsort(fine, kind="stable")
     position = np.empty(n, dtype=np.int64)
     position[order] = np.arange(n)
-    bounds = np.searchsorted(fine[order], np.arange(F + 1))
     Xc = centered(X)
     R = np.ascontiguousarray(Xc[order])
     r_sq = sq_norms(R)
@@ -137,11 +136,11 @@ def silhouette_samples(
         rows = np.sort(np.random.default_rng(seed).choice(n, size=int(max_cells), replace=False))
     else:
         rows = np.arange(n)
-    block = max(1, min(chunk_size or n, SUMS_BUDGET // max(F, 1)))
+    block = max(1, min(row_chunk(len(rows), chunk_size), SUMS_BUDGET // max(F, 1)))
 
     result = map_rows(
         _score_block, [np.ascontiguousarray(Xc[rows]), position[rows], fine[rows]],
-        (R, r_sq, bounds, to_label, fine_label, label_count, combos), chunk_size=block, n_out=1 + len(keys),
+        (R, r_sq, fine[order], to_label, fine_label, label_count, combos), chunk_size=block, n_out=1 + len(keys),
     )
     groups_per_label = {}
     for j, k in enumerate(keys):
@@ -154,21 +153,17 @@ def silhouette_samples(
 
 
 def _score_block(
-    _: int, Q: np.ndarray, pos: np.ndarray, own: np.ndarray, R: np.ndarray, r_sq: np.ndarray, bounds: np.ndarray,
+    _: int, Q: np.ndarray, pos: np.ndarray, own: np.ndarray, R: np.ndarray, r_sq: np.ndarray, groups: np.ndarray,
     to_label: np.ndarray, fine_label: np.ndarray, label_count: np.ndarray, combos: list,
 ) -> np.ndarray:
-    """Silhouettes of one block of cells against every cell (``R``, sorted by fine group, split at ``bounds``)."""
+    """Silhouettes of one block of cells against every cell (``R``, sorted by fine group ``groups``)."""
     q_sq = sq_norms(Q)
-    F = len(bounds) - 1
-    sums = np.zeros((len(Q), F))
-    for c0, c1 in column_blocks(len(R)):
-        D = distance_tile(Q, q_sq, R[c0:c1], r_sq[c0:c1])
-        inside = (pos >= c0) & (pos < c1)
-        D[np.flatnonzero(inside), pos[inside] - c0] = 0.0  # a cell's distance to itself is exactly 0
-        first = int(np.searchsorted(bounds, c0, side="right")) - 1
-        last = int(np.searchsorted(bounds, c1, side="left"))
-        starts = np.maximum(bounds[first:last], c0) - c0
-        sums[:, first:last] += np.add.reduceat(D, starts, axis=1)
+    sums = np.zeros((len(Q), len(fine_label)))
+    tiles = [(c0, c1, *runs(groups[c0:c1])) for c0, c1 in column_blocks(len(R))]
+    for a, b in column_blocks(len(Q), ROW_TILE):
+        for c0, c1, starts, run_group in tiles:
+            self_col = np.where((pos[a:b] >= c0) & (pos[a:b] < c1), pos[a:b] - c0, -1)
+            group_distance_sums(dot_tile(Q[a:b], R[c0:c1]), q_sq[a:b], r_sq[c0:c1], starts, run_group, self_col, sums[a:b])
     out = np.empty((len(Q), 1 + len(combos)))
     own_label = fine_label[own]
     out[:, 0] = _silhouette_nearest(sums @ to_label, own_label, label_count)

@@ -275,7 +275,7 @@ def evaluate_embedding(
                                  "give each cell of a modality its own pair id")
 
     covariates = {k: v for k, v in (("batch", batch), ("modality", modality)) if v is not None}
-    run = _Run(name, 7 + 3 * len(covariates) + (3 if modality is not None else 0), progress)
+    run = _Run(name, 7 + bool(covariates) + 2 * len(covariates) + (3 if modality is not None else 0), progress)
     n_labels = len(pd.unique(labels))
     if n_labels < 2:
         run.undefined(f"{name}: a single label in obs['{label_key}']: label silhouette, NMI/ARI, cLISI and isolated "
@@ -317,12 +317,14 @@ def evaluate_embedding(
                 f"{name}: isolated-label scores are undefined ({why}): NaN")
         connectivity = run.step("graph connectivity", lambda: graph_connectivity(graph, labels, k_cluster))
 
+        kbets = {}
+        if covariates:  # the covariates share each label's diffusion map
+            kbets = run.step("kbet", lambda: kbet_per_label(graph, covariates, labels, k_kbet, alpha=s.kbet_alpha))
         for key, values in covariates.items():
             group = metrics[key]
             group["silhouette"] = silhouette_within(sil, key)
             group["ilisi"] = run.step(f"ilisi {key}", lambda v=values: ilisi(graph, v, k_lisi, chunk_size=s.chunk_size))
-            group["kbet"] = run.step(f"kbet {key}",
-                                     lambda v=values: kbet_per_label(graph, v, labels, k_kbet, alpha=s.kbet_alpha))
+            group["kbet"] = kbets[key]
             if X_pre is None:
                 group["pcr_comparison"] = run.undefined(f"{name}: PCR comparison ({key}) needs the unintegrated "
                                                          "representation (--pre-obsm-key): NaN")
