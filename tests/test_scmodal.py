@@ -16,6 +16,8 @@ from cellweave.links import gene_activity, read_links
 from cellweave.models import SCMODAL, read_embedding
 from cellweave.simulate import simulate_atlas
 
+from .conftest import CITE_SEQ, require_shared
+
 SMALL = {"n_top_features": 300, "hidden": 128, "batch_size": 256}
 
 
@@ -44,8 +46,8 @@ def _links(atlas):
 def test_three_modalities_label_transfer(atlas, tmp_path):
     model = SCMODAL({m: atlas[m] for m in ("rna", "adt", "atac")}, links=_links(atlas), config=SMALL, seed=0)
     assert set(model.link_matrices) == {("adt", "rna"), ("rna", "atac")}
-    result = model.fit(300, run_dir=tmp_path / "run", progress=False)
-    assert result.step == 300 and (tmp_path / "run" / "config.toml").exists() and (tmp_path / "run" / "loss_curves.png").exists()
+    result = model.fit(600, run_dir=tmp_path / "run", progress=False)
+    assert result.step == 600 and (tmp_path / "run" / "config.toml").exists() and (tmp_path / "run" / "loss_curves.png").exists()
     paths = model.embed(progress=False)
     emb = ad.read_zarr(paths["adt"])
     assert emb.obsm["X_cellweave"].shape == (1500, 20) and emb.obs_names[0] == "adt_0"
@@ -54,9 +56,7 @@ def test_three_modalities_label_transfer(atlas, tmp_path):
         pred = transfer_labels(paths["rna"], paths[q], "cell_type", k=15)
         accs[q] = float((pred["predicted"] == pred["true"]).mean())
     print("label transfer accuracy", accs)
-    chance = 1 / emb.obs["cell_type"].nunique()
-    # Short CPU run (300 steps of the authors' 10,000): well above chance; issue 3's 0.8 needs the full schedule.
-    assert min(accs.values()) > 2.5 * chance, accs
+    assert min(accs.values()) > 0.8, accs
 
     # imputation and feature relationships: a protein's imputed coding gene tracks the measured protein
     out = model.impute("adt", "rna", features=model.features["rna"][:10])
@@ -66,6 +66,41 @@ def test_three_modalities_label_transfer(atlas, tmp_path):
     links = read_links(atlas["links"])[0].table
     linked = rel.merge(links, on=["source_feature", "target_feature"])
     assert linked["r"].mean() > rel["r"].mean() + 0.05
+
+
+def _foscttm(a: np.ndarray, b: np.ndarray) -> float:
+    """Dense reference: fraction of cells closer than the true partner, averaged over both directions."""
+    d = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    true = np.diag(d)
+    return float(((d < true[:, None]).mean(1).mean() + (d < true[None, :]).mean(0).mean()) / 2)
+
+
+def test_cite_seq_rna_vs_protein_beats_the_unintegrated_baseline(tmp_path):
+    """Real paired CITE-seq cells, RNA and protein fed as unpaired stores; the pairing is only used to score."""
+    from sklearn.decomposition import PCA
+
+    from cellweave.data.readers.h5 import H5adSource
+
+    path = require_shared(CITE_SEQ)
+    rna = write_zarr(H5adSource(path, modality="rna"), tmp_path / "rna.zarr")
+    adt = write_zarr(H5adSource(path, modality="adt", obsm_key="protein_expression", names_key="protein_names"),
+                     tmp_path / "adt.zarr")
+    model = SCMODAL({"rna": rna, "adt": adt}, links="auto", config={"n_top_features": 300}, seed=0)
+    assert len(model.link_matrices[("adt", "rna")][0]) == 14  # every protein of the panel links to its gene(s)
+    model.fit(300, run_dir=tmp_path / "run", progress=False)
+    paths = model.embed(progress=False)
+    z_rna, z_adt = read_embedding(paths["rna"]), read_embedding(paths["adt"])
+    assert list(ad.read_zarr(paths["rna"]).obs_names) == list(ad.read_zarr(paths["adt"]).obs_names)  # same cells, same order
+    integrated = _foscttm(z_rna, z_adt)
+
+    # unintegrated baseline: PCA of the linked features, fitted per modality on the same scaled inputs
+    cols, W = model.link_matrices[("adt", "rna")]
+    x = {m: torch.cat([b.dense() for b in model.iter_batches(m)]).numpy() for m in ("rna", "adt")}
+    linked = {"adt": x["adt"][:, cols], "rna": x["rna"] @ np.asarray(W).T}
+    pcs = {m: PCA(10, random_state=0).fit_transform((v - v.mean(0)) / v.std(0).clip(1e-6)) for m, v in linked.items()}
+    baseline = _foscttm(pcs["rna"], pcs["adt"])
+    print(f"FOSCTTM scMODAL {integrated:.3f}, PCA of linked features {baseline:.3f}")
+    assert integrated < 0.5 and integrated < baseline - 0.05
 
 
 def test_resume_gives_the_same_embedding(atlas, tmp_path):

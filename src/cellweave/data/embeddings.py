@@ -17,6 +17,7 @@ import zarr
 
 from .atomic import atomic_output
 from .store import ModalityStore
+from .zarr_store import write_anndata_elem
 
 ARRAY_ATTRS = {"encoding-type": "array", "encoding-version": "0.2.0"}
 ROW_CHUNK = 16_384
@@ -51,8 +52,6 @@ class EmbeddingWriter:
         self.filled = 0
 
     def __enter__(self) -> EmbeddingWriter:
-        import anndata as ad
-
         self._ctx = atomic_output(self.out, self.overwrite)
         tmp = self._ctx.__enter__()
         store = self.store
@@ -61,10 +60,10 @@ class EmbeddingWriter:
         var = pd.DataFrame(index=pd.Index([] if self.var_names is None else list(self.var_names), dtype=str))
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-        ad.io.write_elem(root, "obs", obs)
-        ad.io.write_elem(root, "var", var)
+        write_anndata_elem(root, "obs", obs)
+        write_anndata_elem(root, "var", var)
         for key in ("layers", "obsp", "varm", "varp", "uns"):
-            ad.io.write_elem(root, key, {})
+            write_anndata_elem(root, key, {})
         obsm = root.create_group("obsm")
         obsm.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
         self.arrays = {}

@@ -29,8 +29,9 @@ SHARD_ELEMS = 1 << 22
 _COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)
 
 
-def _write_elem(group: zarr.Group, key: str, value) -> None:
-    ad.io.write_elem(group, key, value)
+def write_anndata_elem(group: zarr.Group, key: str, value) -> None:
+    """Write one AnnData element (obs, var, a dict ...) unsharded: these are small and read whole."""
+    ad.io.write_elem(group, key, value, dataset_kwargs={"shards": None})
 
 
 class ZarrWriter:
@@ -142,11 +143,11 @@ class ZarrWriter:
             self.X.attrs.update(
                 {"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [self.n_obs, self.n_vars]}
             )
-        _write_elem(self.root, "obs", obs)
-        _write_elem(self.root, "var", var)
-        _write_elem(self.root, "uns", {"cellweave": {"modality": modality, "kind": kind}})
+        write_anndata_elem(self.root, "obs", obs)
+        write_anndata_elem(self.root, "var", var)
+        write_anndata_elem(self.root, "uns", {"cellweave": {"modality": modality, "kind": kind}})
         for key in ("obsm", "varm", "obsp", "varp", "layers"):
-            _write_elem(self.root, key, {})
+            write_anndata_elem(self.root, key, {})
 
 
 class ZarrStore(ModalityStore):

@@ -52,6 +52,7 @@ class IntegrationModel(ABC):
         self.module: TrainingModule | None = None
         self.run_dir: Path | None = None
         self.result: TrainResult | None = None
+        self.device = torch.device("cpu")
 
     # ---- what a model defines ----------------------------------------------------------------------------
     @abstractmethod

@@ -45,6 +45,8 @@ class SCMODALConfig:
         Neighbours for the minibatch MNN anchors (30).
     geo_threshold
         Cap of the geometry kernel cosine (0.975).
+    init_std
+        Networks initialised from ``N(0, 0.1^2)`` as in the authors' code; 0 keeps PyTorch's default.
     weights
         Loss weights: GAN 1, AE 10, cross-consistency 10, MNN 1, geometry 10.
     n_top_features
@@ -61,6 +63,7 @@ class SCMODALConfig:
     d_steps: int = 5
     k: int = 30
     geo_threshold: float = 0.975
+    init_std: float = 0.1
     weights: SCMODALWeights = field(default_factory=SCMODALWeights)
     n_top_features: int = 2000
     max_value: float = 10.0
@@ -191,7 +194,8 @@ class SCMODAL(IntegrationModel):
         c = self.config
         return SCMODALModule({m: len(f) for m, f in self.features.items()}, self.link_matrices, n_latent=c.n_latent,
                              hidden=c.hidden, weights=c.weights, d_steps=c.d_steps, k=c.k, lr=c.lr,
-                             weight_decay=c.weight_decay, geo_threshold=c.geo_threshold)
+                             weight_decay=c.weight_decay, geo_threshold=c.geo_threshold,
+                             init_std=c.init_std)
 
     def train_stream(self) -> IterableDataset:
         c = self.config

@@ -80,20 +80,29 @@ class SCMODALModule(TrainingModule):
         Adam settings for every network.
     geo_threshold
         Cap of the kernel cosine in the geometry loss.
+    init_std
+        Weights and biases drawn from ``N(0, init_std^2)`` as in the authors' code (0: PyTorch's default).
+        This sets the starting latent scale and with it the weight the MNN term carries: with PyTorch's
+        default initialisation the latents start small and the anchors barely act.
     """
 
     def __init__(self, n_features: Mapping[str, int], links: Mapping[tuple[str, str], tuple[torch.Tensor, torch.Tensor]],
                  n_latent: int = 20, hidden: int = 512, weights: SCMODALWeights | None = None, d_steps: int = 5, k: int = 30,
-                 lr: float = 1e-3, weight_decay: float = 1e-3, geo_threshold: float = 0.975) -> None:
+                 lr: float = 1e-3, weight_decay: float = 1e-3, geo_threshold: float = 0.975,
+                 init_std: float = 0.1) -> None:
         super().__init__()
         self.order: list[str] = list(n_features)
         self.n_latent = n_latent
         self.weights = weights or SCMODALWeights()
         self.d_steps, self.k, self.lr, self.weight_decay, self.geo_threshold = d_steps, k, lr, weight_decay, geo_threshold
+        self.init_std = init_std
         self.encoders = nn.ModuleDict({m: MLP(d, n_latent, (hidden,)) for m, d in n_features.items()})
         self.decoders = nn.ModuleDict({m: MLP(n_latent, d, (hidden,)) for m, d in n_features.items()})
         self.chain: list[tuple[str, str]] = list(zip(self.order[:-1], self.order[1:]))
         self.discriminators = nn.ModuleDict({pair_key(a, b): Discriminator(n_latent) for a, b in self.chain})
+        if init_std > 0:
+            for net in (*self.encoders.values(), *self.decoders.values(), *self.discriminators.values()):
+                net.normal_init_(init_std)
         self.link_pairs: list[tuple[str, str]] = []
         for (s, t), (cols, W) in links.items():
             self.register_buffer(f"link_cols__{pair_key(s, t)}", torch.as_tensor(cols, dtype=torch.long))
@@ -103,7 +112,7 @@ class SCMODALModule(TrainingModule):
     def hparams(self) -> dict:
         """Constructor settings (for the run's resolved config)."""
         return {"n_latent": self.n_latent, "d_steps": self.d_steps, "k": self.k, "lr": self.lr,
-                "weight_decay": self.weight_decay, "geo_threshold": self.geo_threshold, "weights": asdict(self.weights)}
+                "weight_decay": self.weight_decay, "geo_threshold": self.geo_threshold, "init_std": self.init_std, "weights": asdict(self.weights)}
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         gen = list(self.encoders.parameters()) + list(self.decoders.parameters())

@@ -42,6 +42,19 @@ class MLP(nn.Sequential):
         layers.append(nn.Linear(width, n_out))
         super().__init__(*layers)
 
+    def normal_init_(self, std: float) -> MLP:
+        """Redraw every weight and bias from ``N(0, std^2)`` (scMODAL/Portal's initialisation; returns ``self``).
+
+        With ``std = 0.1`` the latent codes start on the scale of the scaled inputs, which sets the balance
+        between the distance-based terms (MNN anchors, cross-consistency) and the bounded ones (GAN, geometry).
+        """
+        with torch.no_grad():
+            for layer in self:
+                if isinstance(layer, nn.Linear):
+                    layer.weight.normal_(0.0, std)
+                    layer.bias.normal_(0.0, std)
+        return self
+
 
 class Discriminator(MLP):
     """Latent-space classifier returning logits: one logit for two domains, ``m`` logits for ``m`` classes.
