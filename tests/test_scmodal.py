@@ -146,3 +146,17 @@ def test_nan_input_is_refused_before_training(atlas, tmp_path):
     ad.AnnData(X=X, obs=pd.DataFrame(index=[f"c{i}" for i in range(40)]), var=pd.DataFrame(index=["CD3", "CD4", "CD8a", "CD19"])).write_h5ad(path)
     with pytest.raises(InputError, match="NaN"):
         SCMODAL({"rna": atlas["rna"], "adt": path}, links="auto")
+
+
+def test_cli_fit_writes_the_run_and_refuses_settings_the_method_lacks(atlas, tmp_path, capsys):
+    from cellweave.cli import main
+
+    out = tmp_path / "run"
+    args = ["fit", "--method", "scmodal", "--modality", f"rna={atlas['rna']}", "--modality", f"adt={atlas['adt']}",
+            "--links", str(atlas["links"]), "--max-steps", "3", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    assert "links adt -> rna: 40 linked features" in capsys.readouterr().out
+    emb = ad.read_zarr(out / "embeddings" / "rna.zarr")
+    assert emb.obsm["X_cellweave"].shape == (1500, 20) and (out / "config.toml").exists()
+    assert main([*args[:-2], "--batch-key", "batch", "--out", str(tmp_path / "other")]) == 2
+    assert "batch_key" in capsys.readouterr().err and not (tmp_path / "other").exists()

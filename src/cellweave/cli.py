@@ -45,10 +45,11 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     if not inputs:
         raise InputError(source, "inputs", "no modality given", "pass --modality NAME=PATH (twice or more) or an [inputs] table")
     model_cls = METHODS[args.method]
-    links = args.links or cfg.get("links", "auto")
-    model = model_cls(inputs, links=links, config=cfg.get("model"), kinds=cfg.get("kinds"),
-                      genes_bed=args.genes_bed or cfg.get("genes_bed"), seed=int(cfg.get("seed", args.seed)), progress=True)
-    for (s, t), (cols, _) in model.link_matrices.items():
+    settings = {"links": args.links or cfg.get("links", "auto"), "config": cfg.get("model"), "kinds": cfg.get("kinds"),
+                "genes_bed": args.genes_bed or cfg.get("genes_bed"), "batch_key": args.batch_key or cfg.get("batch_key"),
+                "seed": int(cfg.get("seed", args.seed)), "progress": True}
+    model = model_cls.from_settings(inputs, settings)
+    for (s, t), (cols, _) in getattr(model, "link_matrices", {}).items():
         print(f"links {s} -> {t}: {len(cols)} linked features")
     t0 = time.perf_counter()
     result = model.fit(int(train.get("max_steps", 10_000)), run_dir=args.out, device=train.get("device", "auto"),
@@ -127,11 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_convert)
 
     f = sub.add_parser("fit", help="train an integration model on modality stores and write RUN")
-    f.add_argument("--method", choices=["scmodal"], default="scmodal")
+    from .models import METHODS
+
+    f.add_argument("--method", choices=sorted(METHODS), default="scmodal")
     f.add_argument("--modality", action="append", metavar="NAME=PATH",
                    help="a modality: .h5ad, .zarr or SOMA_DIR::MEASUREMENT (repeat per modality)")
     f.add_argument("--links", help="'auto' (default) or a TSV: source_modality, source_feature, target_modality, target_feature")
     f.add_argument("--genes-bed", help="gene coordinates (BED6) for ATAC -> RNA links")
+    f.add_argument("--batch-key", help="obs column with the batch of each cell (models with batch covariates)")
     f.add_argument("--config", help="run.toml: [model], [model.weights], [train], [inputs], seed")
     f.add_argument("--max-steps", type=int)
     f.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")

@@ -7,6 +7,7 @@ one :class:`~cellweave.train.Trainer`, writes ``RUN/config.toml``, and writes em
 
 from __future__ import annotations
 
+import inspect
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,6 +54,20 @@ class IntegrationModel(ABC):
         self.run_dir: Path | None = None
         self.result: TrainResult | None = None
         self.device = torch.device("cpu")
+
+    @classmethod
+    def from_settings(cls, modalities: Mapping[str, StoreLike], settings: Mapping[str, Any]) -> IntegrationModel:
+        """Build from the CLI's settings (links, config, kinds, genes_bed, batch_key, seed, progress ...).
+
+        Settings the model's constructor does not take are dropped when unset and refused when set, so
+        ``--batch-key`` on a model without batch covariates is an error rather than silently ignored.
+        """
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "modalities"}
+        unknown = sorted(k for k, v in settings.items() if k not in accepted and k != "progress" and v not in (None, "auto"))
+        if unknown:
+            raise InputError(f"cellweave fit --method {cls.method}", unknown[0], "not a setting of this method",
+                             f"drop it; {cls.__name__} takes: {', '.join(sorted(accepted))}")
+        return cls(modalities, **{k: v for k, v in settings.items() if k in accepted})
 
     # ---- what a model defines ----------------------------------------------------------------------------
     @abstractmethod
