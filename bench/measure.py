@@ -1,5 +1,10 @@
-"""Shared by the benchmarks: run one case in a subprocess and report its JSON result with the peak RSS of its
-process tree (main process plus DataLoader/Dask workers), sampled every 50 ms; and write the results file."""
+"""Shared by the benchmarks: run one case in a subprocess and report its JSON result with the peak memory of its
+process tree (main process plus DataLoader/Dask workers), sampled every 50 ms; and write the results file.
+
+Two figures: ``peak_rss_mb`` sums the RSS of every process of the tree, so pages that forked DataLoader workers
+share with their parent (the imported libraries: ~330 MB for torch + zarr + anndata) count once per process;
+``peak_pss_mb`` sums the proportional set size (Linux), which counts each shared page once in total -- the
+memory the tree really occupies."""
 
 from __future__ import annotations
 
@@ -11,15 +16,18 @@ from pathlib import Path
 
 
 def measure(cmd: list[str]) -> dict:
-    """Run ``cmd`` (which prints one JSON object as its last stdout line); add ``peak_rss_mb``, or ``error``."""
+    """Run ``cmd`` (which prints one JSON object as its last stdout line); add ``peak_rss_mb`` and
+    ``peak_pss_mb``, or ``error``."""
     import psutil
 
     proc = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
-    peak = 0
+    peak = peak_pss = 0
     while proc.poll() is None:
         try:
-            peak = max(peak, ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True)))
+            tree = [ps, *ps.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree))
+            peak_pss = max(peak_pss, sum(getattr(p.memory_full_info(), "pss", 0) for p in tree))
         except psutil.Error:
             pass
         time.sleep(0.05)
@@ -29,6 +37,8 @@ def measure(cmd: list[str]) -> dict:
         return {"error": last[-1] if last else f"exit code {proc.returncode}"}
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mb"] = peak / 2**20
+    if peak_pss:
+        result["peak_pss_mb"] = peak_pss / 2**20
     return result
 
 
