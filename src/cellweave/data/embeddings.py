@@ -7,6 +7,7 @@ row block by row block, so memory is bounded by one block whatever the number of
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from ..train.distributed import any_rank, on_rank_zero, rank, world_size
 from .atomic import atomic_output
 from .store import ModalityStore
 from .zarr_store import write_anndata_elem
@@ -28,6 +30,11 @@ class EmbeddingWriter:
 
     Use as a context manager: on success the store appears under ``out`` complete; on an error nothing does.
 
+    Under ``torch.distributed`` every rank writes its own rows, :attr:`row_range` (whole Zarr chunks, so no
+    two ranks touch one chunk), of the one store: rank 0 creates it under a temporary name, every rank fills
+    its rows, and rank 0 renames it to ``out`` once every rank has written all of its rows. When any rank
+    fails, the temporary is removed and every rank raises.
+
     Parameters
     ----------
     out
@@ -40,6 +47,11 @@ class EmbeddingWriter:
         Write an ``X`` of these columns too (e.g. imputed features); ``None``: no ``X``.
     overwrite
         Replace an existing ``out``.
+
+    Attributes
+    ----------
+    row_range
+        ``(start, stop)``: the rows this process writes (all rows in a single process).
     """
 
     def __init__(self, out: str | os.PathLike, store: ModalityStore, widths: Mapping[str, int],
@@ -50,13 +62,18 @@ class EmbeddingWriter:
         self.var_names = var_names
         self.overwrite = overwrite
         self.filled = 0
+        n, ranks = store.n_obs, world_size()
+        self.row_chunk = max(1, min(ROW_CHUNK, math.ceil(n / ranks)))
+        n_chunks = math.ceil(n / self.row_chunk)
+        first, last = rank() * n_chunks // ranks, (rank() + 1) * n_chunks // ranks
+        self.row_range = (min(first * self.row_chunk, n), min(last * self.row_chunk, n))
 
-    def __enter__(self) -> EmbeddingWriter:
-        self._ctx = atomic_output(self.out, self.overwrite)
-        tmp = self._ctx.__enter__()
+    def _create(self, tmp: Path) -> None:
+        """The store's skeleton: obs, var, empty ``obsm`` arrays (and ``X``)."""
         store = self.store
         n = store.n_obs
-        obs = pd.DataFrame({k: store.obs_column(k).to_numpy() for k in store.obs_keys}, index=store.all_obs_names().astype(str))
+        obs = pd.DataFrame({k: store.obs_column(k).array for k in store.obs_keys},  # categoricals stay codes
+                           index=store.all_obs_names().astype(str))
         var = pd.DataFrame(index=pd.Index([] if self.var_names is None else list(self.var_names), dtype=str))
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
@@ -66,37 +83,69 @@ class EmbeddingWriter:
             write_anndata_elem(root, key, {})
         obsm = root.create_group("obsm")
         obsm.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
-        self.arrays = {}
         for key, width in self.widths.items():
-            arr = obsm.create_array(key, shape=(n, width), chunks=(min(ROW_CHUNK, max(n, 1)), width), dtype="float32")
+            arr = obsm.create_array(key, shape=(n, width), chunks=(self.row_chunk, width), dtype="float32")
             arr.attrs.update(ARRAY_ATTRS)
-            self.arrays[key] = arr
         if self.var_names is not None:
             arr = root.create_array("X", shape=(n, len(self.var_names)), dtype="float32",
-                                    chunks=(min(ROW_CHUNK, max(n, 1)), max(len(self.var_names), 1)))
+                                    chunks=(self.row_chunk, max(len(self.var_names), 1)))
             arr.attrs.update(ARRAY_ATTRS)
-            self.arrays["X"] = arr
-        self.root = root
+
+    def __enter__(self) -> EmbeddingWriter:
+        def create() -> str:
+            self._ctx = atomic_output(self.out, self.overwrite)
+            tmp = self._ctx.__enter__()
+            try:
+                self._create(tmp)
+            except BaseException as exc:
+                self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+            return str(tmp)
+
+        root = zarr.open_group(on_rank_zero(create), mode="r+")
+        self.arrays = {key: root["obsm"][key] for key in self.widths}
+        if self.var_names is not None:
+            self.arrays["X"] = root["X"]
         return self
 
     def write(self, rows: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
-        """Store ``values[key][i]`` at row ``rows[i]`` (rows of one block, increasing and contiguous)."""
+        """Store ``values[key][i]`` at row ``rows[i]`` (rows of one block, increasing and contiguous).
+
+        Only the rows inside :attr:`row_range` are written; under ``torch.distributed`` the other ranks write
+        the rest, so a caller may hand every rank every row (or, cheaper, each rank its own rows only).
+        """
         rows = np.asarray(rows)
         if rows.size == 0:
             return
         a, b = int(rows[0]), int(rows[-1]) + 1
         if b - a != rows.size or not np.all(np.diff(rows) == 1):
             raise ValueError("EmbeddingWriter.write expects a contiguous block of rows in order")
+        lo, hi = max(a, self.row_range[0]), min(b, self.row_range[1])
+        if hi <= lo:
+            return
         for key, arr in self.arrays.items():
-            arr[a:b] = np.asarray(values[key], dtype=np.float32)
-        self.filled += rows.size
+            arr[lo:hi] = np.asarray(values[key], dtype=np.float32)[lo - a:hi - a]
+        self.filled += hi - lo
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and self.filled != self.store.n_obs:
-            exc = RuntimeError(f"{self.out}: {self.filled} of {self.store.n_obs} rows written")
-            self._ctx.__exit__(type(exc), exc, None)
-            raise exc
-        self._ctx.__exit__(exc_type, exc, tb)
+        lo, hi = self.row_range
+        short = None
+        if exc is None and self.filled != hi - lo:
+            short = RuntimeError(f"{self.out}: {self.filled} of the {hi - lo} rows {lo}..{hi} written")
+        failed = any_rank(exc is not None or short is not None)
+
+        def finish() -> None:
+            if failed:  # remove the temporary (the sentinel error is swallowed by atomic_output's exit)
+                abort = RuntimeError("aborted")
+                self._ctx.__exit__(RuntimeError, abort, None)
+            else:
+                self._ctx.__exit__(None, None, None)
+
+        on_rank_zero(finish)
+        if short is not None:
+            raise short
+        if failed and exc is None:
+            raise RuntimeError(f"{self.out}: another rank failed while writing its rows; nothing was written")
 
 
 def write_soma_obsm(store: ModalityStore, key: str, values: np.ndarray) -> None:

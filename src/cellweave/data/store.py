@@ -147,7 +147,7 @@ class StoreSource:
         self.modality = store.modality
         self.sparse = store.sparse
         self.kind: Kind | None = store.kind
-        self.obs = pd.DataFrame({k: store.obs_column(k).to_numpy() for k in store.obs_keys}, index=store.all_obs_names())
+        self.obs = pd.DataFrame({k: store.obs_column(k).array for k in store.obs_keys}, index=store.all_obs_names())
         self.var = pd.DataFrame(index=store.var_names)
 
     def iter_chunks(self, chunk_rows: int):
