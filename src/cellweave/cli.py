@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -33,9 +34,11 @@ def _parse_modalities(items: Sequence[str]) -> dict[str, str]:
 def _cmd_fit(args: argparse.Namespace) -> None:
     from .models import METHODS
     from .models.run import read_config
+    from .train.distributed import distributed_session, rank, rank_zero_first
 
-    cfg = read_config(args.config) if args.config else {}
-    source = args.config or "config"
+    config = args.config or (os.path.join(args.out, "config.toml") if args.resume and not args.modality else None)  # a resumed run reads its own
+    cfg = read_config(config) if config else {}
+    source = str(config or "config")
     train = dict(cfg.get("train", {}))
     for key in ("max_steps", "device", "num_workers", "checkpoint_every", "precision"):
         value = getattr(args, key)
@@ -44,20 +47,59 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     inputs = _parse_modalities(args.modality) if args.modality else dict(cfg.get("inputs", {}))
     if not inputs:
         raise InputError(source, "inputs", "no modality given", "pass --modality NAME=PATH (twice or more) or an [inputs] table")
-    model_cls = METHODS[args.method]
-    settings = {"links": args.links or cfg.get("links", "auto"), "config": cfg.get("model"), "kinds": cfg.get("kinds"),
+    method = args.method or cfg.get("method", "scmodal")
+    if method not in METHODS:
+        raise InputError(source, "method", f"unknown method {method!r}", f"use one of {', '.join(sorted(METHODS))}")
+    model_cls = METHODS[method]
+    settings = {"links": args.links or cfg.get("links", "auto"), "links_augment": args.links_augment or cfg.get("links_augment"),
+                "config": cfg.get("model"), "kinds": cfg.get("kinds"),
                 "genes_bed": args.genes_bed or cfg.get("genes_bed"), "batch_key": args.batch_key or cfg.get("batch_key"),
                 "seed": int(cfg.get("seed", args.seed)), "progress": True}
-    model = model_cls.from_settings(inputs, settings)
-    for (s, t), (cols, _) in getattr(model, "link_matrices", {}).items():
-        print(f"links {s} -> {t}: {len(cols)} linked features")
-    t0 = time.perf_counter()
-    result = model.fit(int(train.get("max_steps", 10_000)), run_dir=args.out, device=train.get("device", "auto"),
-                       precision=train.get("precision", "auto"), num_workers=int(train.get("num_workers", 0)),
-                       checkpoint_every=train.get("checkpoint_every"), resume=args.resume)
-    dt = time.perf_counter() - t0
-    paths = model.embed()
-    print(f"trained {result.step} steps in {dt:.0f}s; embeddings: " + ", ".join(str(p) for p in paths.values()))
+    with distributed_session(str(train.get("device", "auto"))):  # under torchrun: one process group, rank 0 reports
+        with rank_zero_first():  # rank 0 checks the inputs and caches their statistics; the other ranks read them
+            model = model_cls.from_settings(inputs, settings)
+        say = print if rank() == 0 else (lambda *_: None)
+        for (s, t), (cols, _) in getattr(model, "link_matrices", {}).items():
+            say(f"links {s} -> {t}: {len(cols)} linked features")
+        t0 = time.perf_counter()
+        result = model.fit(int(train.get("max_steps", 10_000)), run_dir=args.out, device=train.get("device", "auto"),
+                           precision=train.get("precision", "auto"), num_workers=int(train.get("num_workers", 0)),
+                           checkpoint_every=train.get("checkpoint_every"), resume=args.resume)
+        dt = time.perf_counter() - t0
+        for learned in getattr(model, "learned", {}).values():
+            say(learned.summary())
+        paths = model.embed()
+        say(f"trained {result.step} steps in {dt:.0f}s; embeddings: " + ", ".join(str(p) for p in paths.values()))
+
+
+def _cmd_validate(args: argparse.Namespace) -> None:
+    from .data.check import check_inputs, open_store
+
+    stores, problems = {}, []
+    for item in args.path:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep and name and "/" not in name else (None, item)
+        try:
+            store = open_store(path, name)
+        except InputError as exc:
+            problems.append(exc)
+            continue
+        if store.modality in stores:
+            problems.append(InputError(path, "modality", f"modality name {store.modality!r} is taken by {stores[store.modality].path}",
+                                       "name the stores: cellweave validate rna=A.zarr adt=B.zarr"))
+            continue
+        stores[store.modality] = store
+    report = check_inputs(stores, obs_keys=[args.batch_key, args.label_key], links=args.links, progress=True)
+    for r in report.stores.values():
+        print(r.summary())
+        for note in r.notes:
+            print(f"  note: {note}")
+    problems += report.problems
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        raise InputError("cellweave validate", "inputs", f"{len(problems)} problem(s), listed above", "fix them and validate again")
+    print(f"{len(stores)} store(s) valid")
 
 
 def _cmd_simulate(args: argparse.Namespace) -> None:
@@ -111,6 +153,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/metrics.json and {args.out}/report.md")
 
 
+def _cmd_links(args: argparse.Namespace) -> None:
+    from .data.atomic import atomic_write_bytes, check_output_path
+    from .models.factvae import FactVAE
+
+    out = check_output_path(args.out, args.overwrite)
+    model = FactVAE.from_run(args.run, device=args.device)
+    table = model.link_scores(args.candidates, n_background=args.n_background)
+    atomic_write_bytes(out, table.sort_values("score", ascending=False).to_csv(sep="\t", index=False).encode())
+    print(f"scored {len(table)} gene-peak pairs ({int((table['qvalue'] < 0.05).sum())} with q < 0.05); wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cellweave`` command."""
     p = argparse.ArgumentParser(prog="cellweave", description="Atlas-scale single-cell multi-omics integration.")
@@ -130,10 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="train an integration model on modality stores and write RUN")
     from .models import METHODS
 
-    f.add_argument("--method", choices=sorted(METHODS), default="scmodal")
+    f.add_argument("--method", choices=sorted(METHODS), help="default: scmodal (with --resume: the run's method)")
     f.add_argument("--modality", action="append", metavar="NAME=PATH",
                    help="a modality: .h5ad, .zarr or SOMA_DIR::MEASUREMENT (repeat per modality)")
-    f.add_argument("--links", help="'auto' (default) or a TSV: source_modality, source_feature, target_modality, target_feature")
+    f.add_argument("--links", help="'auto' (default), 'learn' (no table: CCA links learned from cells matched on the "
+                   "modalities' cluster geometry) or a TSV: source_modality, source_feature, target_modality, target_feature")
+    f.add_argument("--links-augment", choices=["learn"],
+                   help="'learn': also learn links (CCA on matched cells) for the pairs of --links and use both")
     f.add_argument("--genes-bed", help="gene coordinates (BED6) for ATAC -> RNA links")
     f.add_argument("--batch-key", help="obs column with the batch of each cell (models with batch covariates)")
     f.add_argument("--config", help="run.toml: [model], [model.weights], [train], [inputs], seed")
@@ -143,9 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--num-workers", type=int)
     f.add_argument("--checkpoint-every", type=int)
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    f.add_argument("--resume", action="store_true",
+                   help="continue the run in --out where it stopped (its config.toml gives the inputs and settings)")
     f.add_argument("--out", required=True, help="run directory")
     f.set_defaults(func=_cmd_fit)
+
+    v = sub.add_parser("validate", help="check stores before fitting: damaged chunks, NaN/Inf, counts, empty cells, ids, "
+                       "obs keys, links (one streamed pass each)")
+    v.add_argument("path", nargs="+", metavar="[NAME=]PATH", help=".zarr, .h5ad or SOMA_DIR::MEASUREMENT")
+    v.add_argument("--batch-key", help="obs column every modality must have")
+    v.add_argument("--label-key", help="obs column every modality must have")
+    v.add_argument("--links", help="links TSV whose modality pairs must match features of both stores")
+    v.set_defaults(func=_cmd_validate)
 
     s = sub.add_parser("simulate", help="simulate a multi-modal atlas with known truth")
     s.add_argument("--cells", type=int, required=True)
@@ -191,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-plots", action="store_true", help="skip the UMAP plots")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
+
+    k = sub.add_parser("links", help="score gene-peak links of a FactVAE run: cosine of feature embeddings, with p/q-values")
+    k.add_argument("--run", required=True, help="run directory of `cellweave fit --method factvae`")
+    k.add_argument("--out", required=True, help="TSV to write: gene, peak, score, pvalue, qvalue, prior")
+    k.add_argument("--candidates", help="TSV of the pairs to score (columns gene, peak); default: the run's candidates")
+    k.add_argument("--n-background", type=int, help="shuffled pairs in the background (default: the run's setting)")
+    k.add_argument("--device", default="cpu")
+    k.add_argument("--overwrite", action="store_true")
+    k.set_defaults(func=_cmd_links)
     return p
 
 

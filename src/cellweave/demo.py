@@ -101,8 +101,10 @@ def run_demo(cells: int = 5_000, out: str | None = None, seed: int = 0, steps: i
 
     t0 = time.perf_counter()
     report = Path(out) / "report"
-    doc = evaluate_to_dir(load_inputs(runs=[run]), report, label_key="cell_type", batch_key="batch",
-                          pair_key="pair_id", overwrite=True, progress=False)
+    with warnings.catch_warnings():  # metrics undefined here (no unintegrated input) are listed in the report
+        warnings.simplefilter("ignore", UserWarning)
+        doc = evaluate_to_dir(load_inputs(runs=[run]), report, label_key="cell_type", batch_key="batch",
+                              pair_key="pair_id", overwrite=True, progress=False)
     (name, result), = doc["embeddings"].items()
     scores = Table(title=f"evaluation of {name} ({time.perf_counter() - t0:.0f}s): {report}/report.md")
     scores.add_column("group")

@@ -13,8 +13,11 @@ Generative model
   with the gene, as in real CITE-seq), plus ambient background counts.
 * **ATAC.** Peaks sit near genes on a simulated genome (``genes.bed``): at the promoter (up to 2 kb before
   the TSS), in the gene body, or distal (10-100 kb away). A share of peaks is truly regulated by its gene
-  (accessibility follows the gene's program); the rest follow random programs. ``gene_peak_links.tsv``
-  lists every peak with its gene, the window-based ``prior`` flag and the ``true`` flag.
+  (accessibility follows the gene's regulatory program); the rest follow random programs. ``gene_peak_links.tsv``
+  lists every peak with its gene, the window-based ``prior`` flag and the ``true`` flag. Two settings make
+  links harder to see as marginal correlations: ``chromatin_share < 1`` mixes an expression-only program
+  into each gene (regulation explains only part of its expression), and ``coaccess > 0`` adds a chromatin
+  domain shared by all the peaks of a gene's locus (co-accessibility of linked and unlinked neighbours).
 
 Unpaired atlases measure *twins*: each modality has its own cell ids (``<modality>_<i>``) but twin ``i`` has
 the same latent state in every modality, so ``pair_id`` is ground truth for matching metrics. Paired atlases
@@ -54,7 +57,13 @@ _STREAM = {"cells": 0, "state": 1, "rna": 2, "adt": 3, "atac": 4}
 
 @dataclass
 class SimulationConfig:
-    """Settings of :class:`AtlasSimulator` (all truth is derived from ``seed``)."""
+    """Settings of :class:`AtlasSimulator` (all truth is derived from ``seed``).
+
+    ``chromatin_share`` is the share of a gene's expression variance (over programs) that comes from its
+    regulatory program, the one its truly linked peaks follow; the rest is an expression-only program that
+    chromatin does not show (1: expression is its regulatory program, as in the default atlas). ``coaccess`` is
+    the strength of a chromatin domain shared by all peaks assigned to the same gene, linked or not (0: none).
+    """
 
     n_cells: int
     modalities: tuple[str, ...] = MODALITIES
@@ -72,6 +81,8 @@ class SimulationConfig:
     atac_library: float = 1500.0
     batch_strength: float = 0.5
     logit_cap: float = 4.0
+    chromatin_share: float = 1.0
+    coaccess: float = 0.0
     lineages: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in LINEAGES.items()})
 
 
@@ -112,9 +123,14 @@ class AtlasSimulator:
         self.type_mean = np.stack([lineage_mean[lin_index[lin]] + rng.normal(0, 0.7, L) for lin, _ in self.types])
         props = rng.dirichlet(np.full(len(self.types), 2.0))
         self.type_p = props / props.sum()
+        if not (0.0 <= cfg.chromatin_share <= 1.0 and cfg.coaccess >= 0.0):
+            raise InputError("simulate", "chromatin_share/coaccess", f"{cfg.chromatin_share}, {cfg.coaccess}",
+                             "use 0 <= chromatin_share <= 1 and coaccess >= 0")
         self._genes(np.random.default_rng([cfg.seed, 99, 1]))
+        self._regulation(np.random.default_rng([cfg.seed, 99, 4]))
         self._proteins(np.random.default_rng([cfg.seed, 99, 2]))
         self._peaks(np.random.default_rng([cfg.seed, 99, 3]))
+        self._domains(np.random.default_rng([cfg.seed, 99, 5]))
         b = cfg.n_batches
         self.batch_library = np.exp(rng.normal(0, 0.25, b))
         self.batch_shift = {m: rng.normal(0, cfg.batch_strength, (b, n)).astype(np.float32)
@@ -155,6 +171,25 @@ class AtlasSimulator:
             start[on] = 1_000_000 + np.cumsum(gap[on] + length[on]) - length[on]
         self.genes_bed = pd.DataFrame({"chrom": [f"chr{c}" for c in chrom], "start": start, "end": start + length,
                                        "name": names, "score": 0, "strand": np.where(rng.random(self.n_genes) < 0.5, "+", "-")})
+
+    def _regulation(self, rng: np.random.Generator) -> None:
+        """Split each gene's program into its regulatory part (followed by its linked peaks) and the expression."""
+        self.gene_regulation = self.gene_loadings
+        share = self.config.chromatin_share
+        if share < 1.0:
+            A = self.gene_loadings
+            own = rng.normal(0, 0.5, A.shape) * (rng.random(A.shape) < 0.25)
+            # same norm as the regulatory program, so `share` is the regulatory share of the expression variance
+            own *= np.linalg.norm(A, axis=0) / np.maximum(np.linalg.norm(own, axis=0), 1e-6)
+            self.gene_loadings = (np.sqrt(share) * A + np.sqrt(1 - share) * own).astype(np.float32)
+
+    def _domains(self, rng: np.random.Generator) -> None:
+        """Co-accessibility: every peak of a locus (the peaks assigned to one gene) shares the locus' domain program."""
+        if self.config.coaccess > 0:
+            L = self.config.n_programs
+            domain = rng.normal(0, 0.5, (L, self.n_genes)) * (rng.random((L, self.n_genes)) < 0.25)
+            locus = self.gene_names.get_indexer(self.gene_peak["gene"])
+            self.peak_loadings = (self.peak_loadings + self.config.coaccess * domain[:, locus]).astype(np.float32)
 
     def _proteins(self, rng: np.random.Generator) -> None:
         cfg = self.config
@@ -209,7 +244,7 @@ class AtlasSimulator:
         true = rng.random(n) < np.where(kind == "distal", cfg.true_link_share / 2, cfg.true_link_share)
         L = cfg.n_programs
         random_prog = rng.normal(0, 0.5, (L, n)) * (rng.random((L, n)) < 0.25)
-        linked = self.gene_loadings[:, gene] * 1.2 + rng.normal(0, 0.1, (L, n))
+        linked = self.gene_regulation[:, gene] * 1.2 + rng.normal(0, 0.1, (L, n))
         self.peak_loadings = np.where(true[None, :], linked, random_prog).astype(np.float32)
         self.peak_base = rng.normal(0, 0.8, n).astype(np.float32)
         pend = pstart + width

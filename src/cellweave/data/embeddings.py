@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -91,7 +92,7 @@ class EmbeddingWriter:
                                     chunks=(self.row_chunk, max(len(self.var_names), 1)))
             arr.attrs.update(ARRAY_ATTRS)
 
-    def __enter__(self) -> EmbeddingWriter:
+    def __enter__(self) -> Self:
         def create() -> str:
             self._ctx = atomic_output(self.out, self.overwrite)
             tmp = self._ctx.__enter__()

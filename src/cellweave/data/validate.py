@@ -17,14 +17,22 @@ def check_tables(source: ChunkSource) -> None:
     if source.var.shape[0] == 0:
         raise InputError(source.name, "var", "the input has no features", "check that the file is the right one and not empty")
     for axis, index in (("obs_names (cell ids)", source.obs.index), ("var_names (feature names)", source.var.index)):
-        if not index.is_unique:
-            dup = index[index.duplicated()].unique()[:5].tolist()
-            raise InputError(
-                source.name,
-                axis,
-                f"{int(index.duplicated().sum())} duplicated ids, e.g. {dup}",
-                "make them unique (AnnData.obs_names_make_unique() / var_names_make_unique()) before converting",
-            )
+        problem = duplicate_ids(source.name, axis, index)
+        if problem is not None:
+            raise problem
+
+
+def duplicate_ids(name: str, axis: str, index: pd.Index) -> InputError | None:
+    """The error for repeated ids in ``index`` (``axis``: which ids, for the message), or ``None``."""
+    if index.is_unique:
+        return None
+    dup = index[index.duplicated()].unique()[:5].tolist()
+    return InputError(
+        name,
+        axis,
+        f"{int(index.duplicated().sum())} duplicated ids, e.g. {dup}",
+        "make them unique (AnnData.obs_names_make_unique() / var_names_make_unique()) and convert again",
+    )
 
 
 def _values(X: Matrix) -> np.ndarray:

@@ -1,10 +1,13 @@
 """The integration models: each a composition of ``nn`` blocks and ``losses`` run by the one Trainer."""
 
 from .base import EMBEDDING_KEY, IntegrationModel, read_embedding
+from .cvqvae import CVQVAE, CVQVAEConfig
+from .factvae import FactVAE, FactVAEConfig
 from .scmodal import SCMODAL, SCMODALConfig
 from .scmodal_module import SCMODALModule, SCMODALWeights
+from .scmrdr import SCMRDR, SCMRDRConfig
 
-METHODS: dict[str, type[IntegrationModel]] = {"scmodal": SCMODAL}
+METHODS: dict[str, type[IntegrationModel]] = {"scmodal": SCMODAL, "scmrdr": SCMRDR, "cvqvae": CVQVAE, "factvae": FactVAE}
 
-__all__ = ["EMBEDDING_KEY", "METHODS", "SCMODAL", "SCMODALConfig", "SCMODALModule", "SCMODALWeights", "IntegrationModel",
-           "read_embedding"]
+__all__ = ["CVQVAE", "EMBEDDING_KEY", "METHODS", "CVQVAEConfig", "FactVAE", "FactVAEConfig", "SCMODAL", "SCMODALConfig",
+           "SCMODALModule", "SCMODALWeights", "SCMRDR", "SCMRDRConfig", "IntegrationModel", "read_embedding"]

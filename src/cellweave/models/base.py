@@ -1,14 +1,19 @@
 """What every cellweave model shares: inputs, a run directory, the Trainer, and streamed per-cell outputs.
 
-A model subclass says how to build its training module and its streams; this base runs training through the
-one :class:`~cellweave.train.Trainer`, writes ``RUN/config.toml``, and writes embeddings chunk by chunk to
-``RUN/embeddings/<modality>.zarr`` (and back into SOMA ``obsm`` for SOMA inputs).
+A model subclass says how to build its training module and its streams; this base checks the inputs
+(:func:`~cellweave.data.check.check_inputs`), runs training through the one :class:`~cellweave.train.Trainer`,
+writes ``RUN/config.toml``, and writes embeddings chunk by chunk to ``RUN/embeddings/<modality>.zarr`` (and back
+into SOMA ``obsm`` for SOMA inputs).
+
+Under ``torch.distributed`` (``torchrun``) every rank trains on its shard of the cells, rank 0 alone writes the
+run's files, and every rank embeds its own rows of each embedding store.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,14 +24,16 @@ import torch
 from torch.utils.data import IterableDataset
 
 from ..data import CellBatch, CellStream, ModalityStore, Preprocess
+from ..data.check import check_inputs, check_obs_keys, open_store
 from ..data.embeddings import EmbeddingWriter, write_soma_obsm
 from ..data.soma_store import SomaStore
 from ..errors import InputError
 from ..train import Trainer, TrainingModule
 from ..train.checkpoint import load as load_checkpoint
+from ..train.distributed import on_rank_zero, rank
 from ..train.trainer import CHECKPOINT, TrainResult
 from .inputs import StoreLike, open_inputs, resolve_path
-from .run import write_config
+from .run import CONFIG, write_config
 
 EMBEDDING_KEY = "X_cellweave"
 EMBED_BATCH = 4096
@@ -38,7 +45,9 @@ class IntegrationModel(ABC):
     Parameters
     ----------
     modalities
-        Modality name -> store, ``.zarr`` / ``.h5ad`` path or ``SOMA_DIR::MEASUREMENT``.
+        Modality name -> store, ``.zarr`` / ``.h5ad`` path or ``SOMA_DIR::MEASUREMENT``. Every store is checked
+        first (one streamed pass, cached beside the data): a damaged chunk, NaN/Inf, negative or fractional
+        counts, empty cells of a counts modality or duplicate ids are refused with an ``InputError``.
     seed
         One seed for everything (weights, stream order); the same seed gives the same embedding on CPU.
     """
@@ -47,7 +56,9 @@ class IntegrationModel(ABC):
     grad_clip: float | None = None
 
     def __init__(self, modalities: Mapping[str, StoreLike], seed: int = 0) -> None:
-        self.stores: dict[str, ModalityStore] = open_inputs(modalities)
+        self.stores: dict[str, ModalityStore] = open_inputs(
+            {m: p if isinstance(p, ModalityStore) else open_store(p) for m, p in modalities.items()})
+        check_inputs(self.stores).raise_first()
         self.inputs = {m: resolve_path(p) if not isinstance(p, ModalityStore) else p.path for m, p in modalities.items()}
         self.seed = seed
         self.module: TrainingModule | None = None
@@ -98,6 +109,10 @@ class IntegrationModel(ABC):
         """Extra :class:`~cellweave.data.CellStream` arguments at inference (batch key, feature space ...)."""
         return {}
 
+    def obs_keys_used(self) -> list[str]:
+        """Obs columns the model reads from every modality (its ``batch_key`` and ``label_key`` when set)."""
+        return [k for k in (getattr(self, "batch_key", None), getattr(self, "label_key", None)) if k is not None]
+
     # ---- training -----------------------------------------------------------------------------------------
     def fit(self, max_steps: int, run_dir: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
             resume: bool = False, num_workers: int = 0, checkpoint_every: int | None = None, progress: bool = True,
@@ -113,7 +128,8 @@ class IntegrationModel(ABC):
         device, precision
             See :class:`~cellweave.train.Trainer`.
         resume
-            Continue the run in ``run_dir`` exactly where it stopped.
+            Continue the run in ``run_dir`` exactly where it stopped. A run killed before its first checkpoint
+            (``config.toml`` but no ``checkpoint.pt``) starts again from step 0.
         num_workers
             DataLoader workers reading the stores.
         checkpoint_every
@@ -126,11 +142,19 @@ class IntegrationModel(ABC):
             Steps per loss-log row.
         """
         self.run_dir = None if run_dir is None else Path(run_dir)
+        problems = check_obs_keys(self.stores, self.obs_keys_used())
+        if problems:
+            raise problems[0]
+        if resume and self.run_dir is not None and not (self.run_dir / CHECKPOINT).exists() and (self.run_dir / CONFIG).exists():
+            warnings.warn(f"{self.run_dir} has no checkpoint yet (the run stopped before its first one): training starts "
+                          "from step 0", stacklevel=2)
+            resume = False
         torch.manual_seed(self.seed)
         self.module = self.build_module()
-        if self.run_dir is not None:
+        if self.run_dir is not None and rank() == 0:
             write_config(self.run_dir, self.config_dict() | {"train": {"max_steps": max_steps, "device": str(device),
-                                                                       "precision": precision, "num_workers": num_workers}})
+                                                                       "precision": precision, "num_workers": num_workers,
+                                                                       "checkpoint_every": checkpoint_every}})
         trainer = Trainer(max_steps, device=device, precision=precision, grad_clip=self.grad_clip, seed=self.seed,
                           num_workers=num_workers,
                           checkpoint_every=checkpoint_every, run_dir=self.run_dir, progress=progress, log_every=log_every,
@@ -170,7 +194,12 @@ class IntegrationModel(ABC):
 
         Each store is an AnnData Zarr store whose obs_names are the input cell ids and whose
         ``obsm['X_cellweave']`` holds the latent (plus any model-specific keys). For a SOMA input the latent is
-        also written into the measurement's ``obsm``.
+        also written into the measurement's ``obsm``. A store appears complete or not at all: it is written
+        under a temporary name and renamed at the end.
+
+        Under ``torch.distributed`` every rank embeds its own rows (whole chunks) of each store and rank 0
+        renames it once all ranks are done (see :class:`~cellweave.data.embeddings.EmbeddingWriter`); call it
+        on every rank.
 
         Returns
         -------
@@ -190,27 +219,28 @@ class IntegrationModel(ABC):
         paths = {}
         for m in modalities or list(self.stores):
             store = self.stores[m]
-            batches = self.iter_batches(m)
-            first_batch = next(batches)
-            first = {k: v.float().cpu().numpy() for k, v in self.embed_batch(m, first_batch).items()}
-            widths = {k: v.shape[1] for k, v in first.items()}
-            bar = tqdm(total=store.n_obs, desc=f"embed {m}", unit="cells", disable=not progress)
-            with EmbeddingWriter(out_dir / f"{m}.zarr", store, widths, overwrite=overwrite) as writer:
-                writer.write(first_batch.rows.cpu().numpy(), first)
-                bar.update(len(first_batch))
-                for b in batches:
-                    out = {k: v.float().cpu().numpy() for k, v in self.embed_batch(m, b).items()}
-                    writer.write(b.rows.cpu().numpy(), out)
-                    bar.update(len(b))
-            bar.close()
+            probe = next(self.iter_batches(m, batch_size=1, rows=np.arange(1)))
+            widths = {k: v.shape[1] for k, v in self.embed_batch(m, probe).items()}
+            path = out_dir / f"{m}.zarr"
+            with EmbeddingWriter(path, store, widths, overwrite=overwrite) as writer:
+                a, b = writer.row_range
+                with tqdm(total=b - a, desc=f"embed {m}", unit="cells", disable=not progress or rank() != 0) as bar:
+                    for batch in self.iter_batches(m, rows=np.arange(a, b)) if b > a else ():
+                        out = {k: v.float().cpu().numpy() for k, v in self.embed_batch(m, batch).items()}
+                        writer.write(batch.rows.cpu().numpy(), out)
+                        bar.update(len(batch))
             if write_soma and isinstance(store, SomaStore):
-                import zarr
-
-                z = zarr.open_group(str(out_dir / f"{m}.zarr"), mode="r")
-                write_soma_obsm(store, EMBEDDING_KEY, z["obsm"][EMBEDDING_KEY])
-            paths[m] = out_dir / f"{m}.zarr"
+                on_rank_zero(lambda store=store, path=path: write_soma_obsm(store, EMBEDDING_KEY, _obsm_array(path)))
+            paths[m] = path
         module.train()
         return paths
+
+
+def _obsm_array(path: Path, key: str = EMBEDDING_KEY):
+    """``obsm[key]`` of an embedding store as a lazy Zarr array (read block by block)."""
+    import zarr
+
+    return zarr.open_group(str(path), mode="r")["obsm"][key]
 
 
 def read_embedding(path: str | os.PathLike, key: str = EMBEDDING_KEY, rows: np.ndarray | None = None) -> np.ndarray:

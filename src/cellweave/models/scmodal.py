@@ -4,6 +4,11 @@ alignment, MNN anchors on linked features, geometry preservation and cross-domai
 >>> model = SCMODAL({"rna": "rna.zarr", "adt": "adt.zarr"}, links="auto")   # doctest: +SKIP
 >>> model.fit(max_steps=10_000, run_dir="run")                               # doctest: +SKIP
 >>> paths = model.embed()            # run/embeddings/<modality>.zarr, obsm['X_cellweave']  # doctest: +SKIP
+
+Without a feature table, ``links="learn"`` matches the modalities' cluster geometries into cell pairs and learns
+canonical directions shared by the modalities from them (:func:`cellweave.links.learn`); with a table,
+``links_augment="learn"`` learns them from the table's pivots and uses them beside it. The learned projections
+are saved in ``RUN/learned_links/`` and feed the MNN anchors in every training step.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +27,25 @@ from torch.utils.data import IterableDataset
 
 from ..data import CellBatch, CellStream, Preprocess, UnpairedStream
 from ..errors import InputError
-from ..links import FeatureLinks, auto_links, read_links, require_links
-from .base import EMBEDDING_KEY, IntegrationModel
+from ..links import (
+    FeatureLinks,
+    LearnedLinks,
+    LearnSettings,
+    auto_links,
+    learn,
+    read_links,
+    require_links,
+)
+from ..train.distributed import on_rank_zero
+from ..train.trainer import TrainResult
+from .base import EMBED_BATCH, EMBEDDING_KEY, IntegrationModel
 from .inputs import StoreLike, checked_stats, modality_kind
 from .scmodal_module import SCMODALModule, SCMODALWeights
+
+#: Where a run keeps its learned links (one ``<source>__<target>.npz`` and ``.json`` per modality pair).
+LEARNED_DIR = "learned_links"
+#: The ``links`` value that learns links without a table, and the ``links_augment`` value that adds them.
+LEARN = "learn"
 
 
 @dataclass
@@ -53,6 +74,8 @@ class SCMODALConfig:
         Highly variable features kept per count modality, after the linked features (2000).
     max_value
         Clip of scaled values (10).
+    learn
+        Settings of the learned links (:class:`~cellweave.links.LearnSettings`), when links are learned.
     """
 
     n_latent: int = 20
@@ -67,6 +90,7 @@ class SCMODALConfig:
     weights: SCMODALWeights = field(default_factory=SCMODALWeights)
     n_top_features: int = 2000
     max_value: float = 10.0
+    learn: LearnSettings = field(default_factory=LearnSettings)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> SCMODALConfig:
@@ -82,6 +106,8 @@ class SCMODALConfig:
             if bad:
                 raise InputError(source, f"[model.weights] {bad[0]}", "unknown loss weight", f"use one of: {', '.join(sorted(wk))}")
             values["weights"] = SCMODALWeights(**values["weights"])
+        if "learn" in values and not isinstance(values["learn"], LearnSettings):
+            values["learn"] = LearnSettings.from_dict(values["learn"], f"{source}: [model.learn]")
         return cls(**values)
 
 
@@ -124,8 +150,12 @@ class SCMODAL(IntegrationModel):
         modalities are aligned by chained discriminators in this order, with MNN anchors for every linked pair.
     links
         ``"auto"`` (protein panel names -> coding genes, peaks -> genes via ``genes_bed``, shared names), a TSV
-        path (``source_modality, source_feature, target_modality, target_feature[, weight]``), or
-        :class:`~cellweave.links.FeatureLinks`.
+        path (``source_modality, source_feature, target_modality, target_feature[, weight]``),
+        :class:`~cellweave.links.FeatureLinks`, or ``"learn"``: no table, links learned between consecutive
+        modalities from cell pairs that match their cluster geometries.
+    links_augment
+        ``"learn"``: learn links for every pair of the table too (first pivots from the table's features) and use
+        both; None: the table alone.
     config
         :class:`SCMODALConfig` or a mapping of its fields.
     kinds
@@ -146,15 +176,26 @@ class SCMODAL(IntegrationModel):
     def __init__(self, modalities: Mapping[str, StoreLike], links: str | os.PathLike | Sequence[FeatureLinks] | None = "auto",
                  config: SCMODALConfig | Mapping[str, Any] | None = None, kinds: Mapping[str, str] | None = None,
                  genes_bed: str | os.PathLike | None = None, label_key: str | None = None, seed: int = 0,
-                 progress: bool = False) -> None:
+                 progress: bool = False, links_augment: str | None = None) -> None:
         super().__init__(modalities, seed)
         self.config = config if isinstance(config, SCMODALConfig) else SCMODALConfig.from_dict(config or {})
+        self.config.learn.checked("SCMODAL config: learn")
         self.kinds = dict(kinds or {})
         self.genes_bed = None if genes_bed is None else str(Path(genes_bed).resolve())
         self.label_key = label_key
         self.links_spec = links if isinstance(links, str | os.PathLike) or links is None else "given"
+        self.links_augment = links_augment
+        learn_only = isinstance(links, str) and links == LEARN
+        if links_augment not in (None, LEARN) or (learn_only and links_augment is not None):
+            raise InputError(type(self).__name__, "links_augment", f"links_augment={links_augment!r} with links={self.links_spec!r}",
+                             "pass links_augment='learn' with a links table (or 'auto'), or leave it unset")
+        if learn_only and len(self.stores) < 2:
+            raise InputError(type(self).__name__, "links", "learned links need two or more modalities", "add a modality")
         self.stats = {m: checked_stats(s, self.config.n_top_features, progress) for m, s in self.stores.items()}
-        self.links = resolve_links(self.stores, links, self.kinds, genes_bed)
+        self.links = {} if learn_only else resolve_links(self.stores, links, self.kinds, genes_bed)
+        self.learn_pairs: list[tuple[str, str]] = (list(pairwise(self.stores)) if learn_only
+                                                   else list(self.links) if links_augment == LEARN else [])
+        self.learned: dict[tuple[str, str], LearnedLinks] = {}
         self.features = self._select_features()
         self.link_matrices = {pair: lk.to_matrix(self.features[pair[0]], self.features[pair[1]])
                               for pair, lk in self.links.items()}
@@ -195,7 +236,48 @@ class SCMODAL(IntegrationModel):
         return SCMODALModule({m: len(f) for m, f in self.features.items()}, self.link_matrices, n_latent=c.n_latent,
                              hidden=c.hidden, weights=c.weights, d_steps=c.d_steps, k=c.k, lr=c.lr,
                              weight_decay=c.weight_decay, geo_threshold=c.geo_threshold,
-                             init_std=c.init_std)
+                             init_std=c.init_std, projections={p: lk.projection for p, lk in self.learned.items()})
+
+    # ---- learned links ----------------------------------------------------------------------------------------
+    def fit(self, max_steps: int, run_dir: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
+            resume: bool = False, progress: bool = True, **options: Any) -> TrainResult:
+        """Learn the links first when asked (``links="learn"`` or ``links_augment="learn"``), then train.
+
+        The learned links are saved in ``RUN/learned_links/`` before training; a resumed run reads them back
+        instead of learning again. Parameters as for :meth:`IntegrationModel.fit`.
+        """
+        if self.learn_pairs:  # under torch.distributed rank 0 learns (or reads) them and hands them to every rank
+            self.learned = on_rank_zero(lambda: self._run_learned_links(run_dir, resume, progress))
+        return super().fit(max_steps, run_dir=run_dir, device=device, precision=precision, resume=resume,
+                           progress=progress, **options)
+
+    def load_weights(self, run_dir: str | os.PathLike, device: str = "cpu") -> None:
+        """Load the run's learned links (when it learned any), then its trained weights."""
+        folder = Path(run_dir) / LEARNED_DIR
+        self.learned = {lk.pair: lk for lk in (LearnedLinks.load(folder / LearnedLinks.file_name(s, t))
+                                               for s, t in self.learn_pairs)}
+        super().load_weights(run_dir, device)
+
+    def _input_stream(self, modality: str) -> CellStream:
+        """All cells of ``modality`` in store order, transformed as in training."""
+        return CellStream(self.stores[modality], EMBED_BATCH, shuffle=False, preprocess=self.preprocess(modality),
+                          stats=self.stats[modality], rank=0, world_size=1)
+
+    def _run_learned_links(self, run_dir: str | os.PathLike | None, resume: bool,
+                           progress: bool) -> dict[tuple[str, str], LearnedLinks]:
+        """The run's learned links: read back when resuming, else learned for every pair of :attr:`learn_pairs`
+        (first pivots from the table's features, or from geometry) and saved in ``RUN/learned_links``."""
+        folder = None if run_dir is None else Path(run_dir) / LEARNED_DIR
+        saved = [] if folder is None else [folder / LearnedLinks.file_name(s, t) for s, t in self.learn_pairs]
+        if resume and saved and all(p.exists() for p in saved):
+            return {lk.pair: lk for lk in map(LearnedLinks.load, saved)}
+        learned = {(s, t): learn(self._input_stream(s), self._input_stream(t), self.links.get((s, t)),
+                                 settings=self.config.learn, seed=self.seed, progress=progress)
+                   for s, t in self.learn_pairs}
+        if folder is not None:
+            for lk in learned.values():
+                lk.save(folder)
+        return learned
 
     def train_stream(self) -> IterableDataset:
         c = self.config
@@ -210,6 +292,10 @@ class SCMODAL(IntegrationModel):
     def config_dict(self) -> dict[str, Any]:
         return {"method": self.method, "seed": self.seed, "inputs": dict(self.inputs), "kinds": self.kinds,
                 "links": str(self.links_spec) if self.links_spec is not None else "auto", "genes_bed": self.genes_bed,
+                "links_augment": self.links_augment,
+                "learned_links": {f"{s}->{t}": {"components": len(lk.components),
+                                                "heldout_correlations": lk.heldout_correlations.round(4).tolist()}
+                                  for (s, t), lk in self.learned.items()},
                 "model": asdict(self.config),
                 "features": {m: {"n": len(f), "linked": {f"{s}->{t}": int(len(self.link_matrices[(s, t)][0]))
                                                           for (s, t) in self.links if m in (s, t)}}

@@ -12,6 +12,10 @@ step takes one minibatch of every modality and
    minibatches* on linked features (cosine, k=30), and geometry compares Gaussian-kernel rows of inputs and
    latents (threshold 0.975).
 
+A pair's linked features are a table view ``(x_s[:, cols], x_t @ W.T)``, a learned projection
+``(x_s @ P_s + b_s, x_t @ P_t + b_t)`` (:class:`~cellweave.links.LinkProjection`), or both: then each view's rows
+are scaled to unit length and concatenated, so the cosine of two cells is the mean of their two views' cosines.
+
 Defaults follow the authors' code (see ../shared/DESIGN.md): weights AE 10, cross 10, MNN 1, geometry 10,
 GAN 1; 5 discriminator steps per generator step; Adam lr 1e-3, weight decay 1e-3.
 """
@@ -27,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..links import LinkProjection
 from ..losses import anchor_loss, discriminator_loss, geometry_loss
 from ..neighbors import mnn_pairs
+from ..neighbors.inputs import normalize_rows
 from ..nn import MLP, Discriminator
 from ..train import TrainingModule
 
@@ -68,6 +74,9 @@ class SCMODALModule(TrainingModule):
     links
         For each linked pair ``(s, t)``: ``(columns of s, weights W (n_links x d_t))`` such that the linked
         features of a cell are ``x_s[:, columns]`` in ``s`` and ``x_t @ W.T`` in ``t``.
+    projections
+        For each pair ``(s, t)`` with learned links: the :class:`~cellweave.links.LinkProjection` whose columns
+        are the linked features (alone, or beside the pair's table links).
     n_latent, hidden
         Latent width ``q`` and hidden width of encoders/decoders.
     weights
@@ -89,7 +98,7 @@ class SCMODALModule(TrainingModule):
     def __init__(self, n_features: Mapping[str, int], links: Mapping[tuple[str, str], tuple[torch.Tensor, torch.Tensor]],
                  n_latent: int = 20, hidden: int = 512, weights: SCMODALWeights | None = None, d_steps: int = 5, k: int = 30,
                  lr: float = 1e-3, weight_decay: float = 1e-3, geo_threshold: float = 0.975,
-                 init_std: float = 0.1) -> None:
+                 init_std: float = 0.1, projections: Mapping[tuple[str, str], LinkProjection] | None = None) -> None:
         super().__init__()
         self.order: list[str] = list(n_features)
         self.n_latent = n_latent
@@ -108,6 +117,14 @@ class SCMODALModule(TrainingModule):
             self.register_buffer(f"link_cols__{pair_key(s, t)}", torch.as_tensor(cols, dtype=torch.long))
             self.register_buffer(f"link_w__{pair_key(s, t)}", _as_tensor(W))
             self.link_pairs.append((s, t))
+        self.projected: set[tuple[str, str]] = set()
+        for (s, t), p in (projections or {}).items():
+            key = pair_key(s, t)
+            for name, value in (("ps", p.source), ("bs", p.source_offset), ("pt", p.target), ("bt", p.target_offset)):
+                self.register_buffer(f"link_{name}__{key}", torch.as_tensor(value, dtype=torch.float32))
+            self.projected.add((s, t))
+            if (s, t) not in self.link_pairs:
+                self.link_pairs.append((s, t))
 
     def hparams(self) -> dict:
         """Constructor settings (for the run's resolved config)."""
@@ -122,11 +139,19 @@ class SCMODALModule(TrainingModule):
         return opts
 
     def linked(self, s: str, t: str, x_s: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The linked-feature views of two minibatches."""
+        """The linked-feature views of two minibatches (table, learned projection, or both concatenated)."""
         key = pair_key(s, t)
-        cols, W = getattr(self, f"link_cols__{key}"), getattr(self, f"link_w__{key}")
-        linked_t = torch.sparse.mm(W, x_t.T).T if W.is_sparse else x_t @ W.T
-        return x_s[:, cols], linked_t
+        views = []
+        if hasattr(self, f"link_cols__{key}"):
+            cols, W = getattr(self, f"link_cols__{key}"), getattr(self, f"link_w__{key}")
+            views.append((x_s[:, cols], torch.sparse.mm(W, x_t.T).T if W.is_sparse else x_t @ W.T))
+        if (s, t) in self.projected:
+            views.append((x_s @ getattr(self, f"link_ps__{key}") + getattr(self, f"link_bs__{key}"),
+                          x_t @ getattr(self, f"link_pt__{key}") + getattr(self, f"link_bt__{key}")))
+        if len(views) == 1:
+            return views[0]
+        return (torch.cat([normalize_rows(a) for a, _ in views], dim=1),
+                torch.cat([normalize_rows(b) for _, b in views], dim=1))
 
     def encode(self, m: str, x: torch.Tensor) -> torch.Tensor:
         """Latent codes of modality ``m``."""

@@ -74,15 +74,28 @@ class LossLog:
                 fh.write(self._text([row], header=False))
 
     def restore(self, keep: Callable[[Row], bool]) -> None:
-        """Read the existing CSV back (resume), keep the rows ``keep`` accepts and rewrite the file."""
+        """Read the existing CSV back (resume), keep the rows ``keep`` accepts and rewrite the file.
+
+        A row cut short by a killed process (the last one, appended after the checkpoint) is dropped.
+        """
         if self.path is None or not self.path.is_file():
             return
         with open(self.path, newline="") as fh:
             reader = csv.DictReader(fh)
-            rows = [{k: (int(v) if k in FIXED_FIRST else float(v)) for k, v in r.items() if v != ""} for r in reader]
+            rows = [row for row in map(_parse_row, reader) if row is not None]
             self.columns = _column_order(list(reader.fieldnames or self.columns))
         self.rows = [r for r in rows if keep(r)]
         self._rewrite()
+
+
+def _parse_row(raw: Mapping[str | None, str | list[str] | None]) -> Row | None:
+    """A CSV row as numbers; ``None`` for a torn row (missing or extra fields, or a value that is not a number)."""
+    if None in raw or any(v is None for v in raw.values()) or any(raw.get(k, "") == "" for k in FIXED_FIRST):
+        return None
+    try:
+        return {k: (int(v) if k in FIXED_FIRST else float(v)) for k, v in raw.items() if v != ""}
+    except ValueError:
+        return None
 
 
 def plot_loss_curves(rows: list[Row], columns: list[str], path: Path) -> None:

@@ -20,7 +20,7 @@ from ..data.batch import CellBatch
 from ..data.stream import make_loader
 from ..errors import InputError
 from . import checkpoint
-from .distributed import all_reduce_sums, broadcast_module, rank
+from .distributed import all_reduce_sums, barrier, broadcast_buffers, broadcast_module, rank, world_size
 from .history import LossLog, Row, plot_loss_curves
 from .module import AUTOCAST_DTYPES, StepContext, TrainingModule
 
@@ -28,6 +28,8 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 HISTORY = "losses.csv"
 CURVES = "loss_curves.png"
+#: Least wall time between two redraws of ``loss_curves.png`` at checkpoints (a redraw takes a second or more).
+PLOT_EVERY_SECONDS = 60.0
 
 
 @dataclass
@@ -90,7 +92,10 @@ def preserved_rng() -> Iterator[None]:
 
 
 class _Accumulator:
-    """Sums of the logged training terms since the last log row (float64, on the device: no sync per step)."""
+    """Sums of the logged training terms since the last log row (float64, on the device: no sync per step).
+
+    Under ``torch.distributed`` the means are over every rank's steps (the same on every rank).
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -104,15 +109,21 @@ class _Accumulator:
         self.count += 1
 
     def pop_means(self) -> dict[str, float]:
-        means = {k: float(v) / self.count for k, v in self.sums.items()}
+        all_reduce_sums(self.sums)
+        n = self.count * world_size()
+        means = {k: float(v) / n for k, v in self.sums.items()}
         self.sums, self.count = {}, 0
         return means
 
     def state(self) -> dict[str, Any]:
-        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "count": self.count}
+        """The pending sums over all ranks (a collective under ``torch.distributed``) and the step count."""
+        sums = all_reduce_sums({k: v.clone() for k, v in self.sums.items()})
+        return {"sums": {k: v.cpu() for k, v in sums.items()}, "count": self.count}
 
     def load(self, state: Mapping[str, Any]) -> None:
-        self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
+        """Restore :meth:`state`: rank 0 holds the sums over all ranks, the others start from zero."""
+        keep = rank() == 0
+        self.sums = {k: (v if keep else torch.zeros_like(v)).to(self.device) for k, v in state["sums"].items()}
         self.count = state["count"]
 
 
@@ -162,17 +173,20 @@ class Trainer:
         Steps between checkpoints (one is always written at the end when ``run_dir`` is set).
     run_dir
         Directory of ``checkpoint.pt``, ``best.pt``, ``losses.csv`` and ``loss_curves.png`` (``None``: write nothing).
+        The curves are redrawn at checkpoints (at most once every :data:`PLOT_EVERY_SECONDS`) and at the end.
     progress
         Show a progress bar (on rank 0).
 
     Notes
     -----
     Under ``torch.distributed`` (initialised by the caller, e.g. ``torchrun``) every rank runs :meth:`fit` on its
-    own shard of the streams: rank 0's parameters are broadcast at the start, :meth:`StepContext.optimize`
-    averages each optimizer's gradients over ranks after its backward pass (not through the
-    ``DistributedDataParallel`` reducer, which cannot follow several backward passes per step outside
-    ``forward``), validation sums are added over ranks, and only rank 0 writes files and shows progress.
-    Buffers (e.g. BatchNorm statistics) are not synchronised after the start.
+    own shard of the streams (the same number of batches on every rank): rank 0's parameters and buffers are
+    broadcast at the start, :meth:`StepContext.optimize` averages each optimizer's gradients over ranks after
+    its backward pass (not through the ``DistributedDataParallel`` reducer, which cannot follow several
+    backward passes per step outside ``forward``), so parameters stay identical; buffers updated from each
+    rank's own batches (BatchNorm statistics ...) are set to rank 0's before every validation, checkpoint and
+    at the end. Logged terms and validation sums are over all ranks; only rank 0 writes files and shows
+    progress, and every rank returns from :meth:`fit` once the final checkpoint is written.
     """
 
     def __init__(self, max_steps: int, device: str | torch.device = "auto", precision: str = "auto",
@@ -295,16 +309,23 @@ class Trainer:
         pin = device.type == "cuda"
         last_ckpt = st.step if payload is not None else -1
         started = time.perf_counter() - st.seconds
+        plotted = -math.inf
 
-        def save_checkpoint() -> None:
+        def plot(force: bool) -> None:
+            nonlocal plotted
+            if force or time.perf_counter() - plotted >= PLOT_EVERY_SECONDS:
+                plot_loss_curves(log.rows, log.columns, run_dir / CURVES)
+                plotted = time.perf_counter()
+
+        def save_checkpoint(log_acc: dict[str, Any]) -> None:
             st.seconds = time.perf_counter() - started
             checkpoint.save(ckpt_path, {
                 "format": checkpoint.CHECKPOINT_FORMAT, "module_class": checkpoint.class_name(module),
                 "model": checkpoint.cpu_state(module), "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
                 "scaler": scaler.state_dict(), "loop": vars(st).copy(), "best_model": best_state,
-                "log_acc": acc.state(), "rng": checkpoint.get_rng_state(),
+                "log_acc": log_acc, "rng": checkpoint.get_rng_state(),
             })
-            plot_loss_curves(log.rows, log.columns, run_dir / CURVES)
+            plot(force=False)
 
         def flush(val: Mapping[str, float] | None) -> None:
             row: Row = {"step": st.step, "epoch": ctx.epoch, **acc.pop_means()}
@@ -336,6 +357,7 @@ class Trainer:
                     bar.update(1)
                     val = None
                     if val_every is not None and st.step % val_every == 0:
+                        broadcast_buffers(module)
                         val = self._validate(module, val_data, ctx)
                         if val["loss"] < st.best_val - self.min_delta:
                             st.best_val, st.best_step, st.bad_validations = val["loss"], st.step, 0
@@ -349,8 +371,11 @@ class Trainer:
                         st.stopped_early = self.patience is not None and st.bad_validations >= self.patience
                     if val is not None or st.step % self.log_every == 0:
                         flush(val)
-                    if run_dir is not None and main and self.checkpoint_every and st.step % self.checkpoint_every == 0:
-                        save_checkpoint()
+                    if run_dir is not None and self.checkpoint_every and st.step % self.checkpoint_every == 0:
+                        broadcast_buffers(module)
+                        log_acc = acc.state()
+                        if main:
+                            save_checkpoint(log_acc)
                         last_ckpt = st.step
                     if st.step >= self.max_steps or st.stopped_early or st.batch_in_epoch >= n_train:
                         break
@@ -359,12 +384,16 @@ class Trainer:
                                      f"but len() promised {n_train}",
                                      "check the stream's sharding (fewer DataLoader workers or ranks, a smaller batch size)")
                 del batches
-        if run_dir is not None and main and last_ckpt != st.step:
-            save_checkpoint()
+        broadcast_buffers(module)
+        if run_dir is not None and last_ckpt != st.step:
+            log_acc = acc.state()
+            if main:
+                save_checkpoint(log_acc)
         if acc.count:
             flush(None)  # the partial interval after the last regular row (dropped again on resume)
         if run_dir is not None and main:
-            plot_loss_curves(log.rows, log.columns, run_dir / CURVES)
+            plot(force=True)
+        barrier()
         if st.stopped_early and best_state is not None:
             module.load_state_dict(best_state)
         return TrainResult(

@@ -1,0 +1,181 @@
+"""CVQVAE for notebook and CLI users: paired modalities (the same cells), streamed joined on cell id, reduced
+in the stream (PCA for RNA and protein, LSI for peaks), cross-trained with a shared EMA vector-quantisation codebook.
+
+>>> model = CVQVAE({"rna": "rna.zarr", "atac": "atac.zarr"}, batch_key="batch")   # doctest: +SKIP
+>>> model.fit(max_steps=5_000, run_dir="run")                                      # doctest: +SKIP
+>>> paths = model.embed()   # run/embeddings/<modality>.zarr: obsm['X_cellweave'], obsm['cvqvae_code']  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset
+
+from ..data import CellBatch, Preprocess
+from ..errors import InputError
+from ..reduce import ReducedPairedStream, Reduction, raw_features
+from ..train.trainer import TrainResult
+from .base import EMBEDDING_KEY, IntegrationModel
+from .cvqvae_module import CVQVAEModule, CVQVAEWeights
+from .inputs import KIND_BY_NAME, StoreLike
+from .paired import (
+    batch_categories,
+    check_paired,
+    config_from_dict,
+    fitted_reductions,
+    lsi_settings,
+    pca_settings,
+    run_reductions,
+    save_reductions,
+)
+from .run import read_config
+
+CODE_KEY = "cvqvae_code"
+PEAK_KINDS = ("atac",)
+
+
+@dataclass
+class CVQVAEConfig:
+    """CVQVAE settings; defaults follow the paper and the authors' code (see ../shared/DESIGN.md).
+
+    Attributes
+    ----------
+    n_components
+        PCA / LSI components per modality (50; fewer when a modality has fewer features).
+    n_top_genes
+        Highly variable genes fed to the PCA of count modalities wider than this (2000; 0 keeps every gene).
+    n_latent, hidden, norm
+        Latent width (16), encoder hidden widths (1024, 512, 256; decoders reversed), hidden-layer normalisation.
+    n_codes, decay, commitment, dead_code_threshold
+        EMA codebook (2048 codes, decay 0.99, commitment 0.25; dead codes restart on encoder outputs).
+    weights
+        Loss weights: self reconstruction 1, cross reconstruction 1, latent MSE 10.
+    lr, weight_decay
+        Adam settings.
+    batch_size
+        Paired cells per step (1024, the authors').
+    """
+
+    n_components: int = 50
+    n_top_genes: int = 2000
+    n_latent: int = 16
+    hidden: list[int] = field(default_factory=lambda: [1024, 512, 256])
+    norm: str = "layer"
+    n_codes: int = 2048
+    decay: float = 0.99
+    commitment: float = 0.25
+    dead_code_threshold: float = 1e-3
+    weights: CVQVAEWeights = field(default_factory=CVQVAEWeights)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> CVQVAEConfig:
+        """Build from a (TOML) mapping; unknown keys are an error naming the key."""
+        return config_from_dict(cls, CVQVAEWeights, values, source)
+
+
+class CVQVAE(IntegrationModel):
+    """Cross-trained VQ-VAE over paired modalities (two or more stores holding the same cells).
+
+    Parameters
+    ----------
+    modalities
+        Modality name -> store (``.zarr``, ``.h5ad``, ``SOMA_DIR::MEASUREMENT``); the same cell ids in every store.
+    config
+        :class:`CVQVAEConfig` or a mapping of its fields.
+    batch_key
+        Obs column of batches, fed one-hot to every encoder and decoder (the same categories in every store).
+    kinds
+        Modality kinds when the names do not say (``{"peaks_2": "atac"}``): ``atac`` modalities get LSI, the
+        others PCA.
+    seed
+        The one seed.
+    progress
+        Show progress of the preprocessing passes.
+    reductions
+        Input reductions by modality (objects or saved directories) instead of those kept beside the data.
+
+    Raises
+    ------
+    InputError
+        When the stores do not hold the same cells, or disagree on batches.
+    """
+
+    method = "cvqvae"
+
+    def __init__(self, modalities: Mapping[str, StoreLike], config: CVQVAEConfig | Mapping[str, Any] | None = None,
+                 batch_key: str | None = None, kinds: Mapping[str, str] | None = None, seed: int = 0,
+                 progress: bool = False, reductions: Mapping[str, Reduction | str | os.PathLike] | None = None) -> None:
+        super().__init__(modalities, seed)
+        self.config = config if isinstance(config, CVQVAEConfig) else CVQVAEConfig.from_dict(config or {})
+        self.kinds = {m: _kind(m, kinds) for m in self.stores}
+        self.n_cells = check_paired(self.stores)
+        self.batch_key = batch_key
+        self.batches = batch_categories(self.stores, batch_key)
+        c = self.config
+        specs = {m: ("lsi", lsi_settings(s, c.n_components, seed)) if self.kinds[m] in PEAK_KINDS else
+                 ("pca", pca_settings(s, c.n_components, c.n_top_genes or None, seed)) for m, s in self.stores.items()}
+        self.reductions = fitted_reductions(self.stores, specs, reductions, progress)
+
+    # ---- IntegrationModel hooks ---------------------------------------------------------------------------
+    def preprocess(self, modality: str) -> Preprocess:
+        return raw_features(self.reductions[modality])
+
+    def stream_options(self, modality: str) -> dict[str, Any]:
+        return {"batch_key": self.batch_key}
+
+    def build_module(self) -> CVQVAEModule:
+        c = self.config
+        return CVQVAEModule({m: r.n_components for m, r in self.reductions.items()}, n_batches=len(self.batches),
+                            n_latent=c.n_latent, hidden=tuple(c.hidden), norm=c.norm, n_codes=c.n_codes, decay=c.decay,
+                            commitment=c.commitment, dead_code_threshold=c.dead_code_threshold, weights=c.weights,
+                            lr=c.lr, weight_decay=c.weight_decay)
+
+    def train_stream(self) -> IterableDataset:
+        size = min(self.config.batch_size, self.n_cells)
+        return ReducedPairedStream(list(self.stores.values()), {m: (r, m) for m, r in self.reductions.items()},
+                                   batch_size=size, batch_key=self.batch_key, seed=self.seed,
+                                   drop_last=self.n_cells >= self.config.batch_size)
+
+    def embed_batch(self, modality: str, batch: CellBatch) -> dict[str, torch.Tensor]:
+        out = self._require_module().embed(modality, self.reductions[modality].reduce_batch(batch))
+        return {EMBEDDING_KEY: out[EMBEDDING_KEY], CODE_KEY: out["codes"].unsqueeze(1).float()}
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "seed": self.seed, "inputs": dict(self.inputs), "kinds": self.kinds,
+                "batch_key": self.batch_key, "model": asdict(self.config),
+                "reductions": {m: {"method": r.method, "features": r.n_features, "components": r.n_components}
+                               for m, r in self.reductions.items()}}
+
+    def fit(self, max_steps: int, run_dir: str | os.PathLike | None = None, **kwargs: Any) -> TrainResult:
+        """Train as :meth:`IntegrationModel.fit`; the input reductions are first copied into ``run_dir``."""
+        if run_dir is not None:
+            save_reductions(Path(run_dir), self.reductions)
+        return super().fit(max_steps, run_dir=run_dir, **kwargs)
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, device: str = "cpu") -> CVQVAE:
+        """The trained model of a run directory (its config, input reductions and checkpoint)."""
+        run_dir = Path(run_dir)
+        cfg = read_config(run_dir)
+        if cfg.get("method") != cls.method:
+            raise InputError(run_dir, "config.toml", f"a {cfg.get('method')!r} run, not a {cls.method} one",
+                             f"pass a run written by `cellweave fit --method {cls.method}`")
+        inputs = cfg["inputs"]
+        model = cls(inputs, config=cfg.get("model"), batch_key=cfg.get("batch_key"), kinds=cfg.get("kinds"),
+                    seed=int(cfg.get("seed", 0)), reductions=run_reductions(run_dir, list(inputs)))
+        model.load_weights(run_dir, device)
+        return model
+
+
+def _kind(name: str, kinds: Mapping[str, str] | None) -> str:
+    """The modality's kind when given or told by its name, else ``"other"`` (any kind but peaks gets a PCA)."""
+    return (kinds or {}).get(name) or KIND_BY_NAME.get(name.lower(), "other")
