@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -61,10 +62,16 @@ def transfer_labels(reference: str | os.PathLike, query: str | os.PathLike, labe
     DataFrame
         Indexed by the query cell ids: ``predicted``, ``confidence``, and ``true`` when the query has the key.
     """
+    return vote_between_stores(reference, query, label_key, obsm_key, lambda r, lab, q: knn_vote(r, lab, q, k=k))
+
+
+def vote_between_stores(reference: str | os.PathLike, query: str | os.PathLike, label_key: str, obsm_key: str,
+                        vote: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """Read two embedding stores, check the label and embedding keys, and tabulate ``vote(reference, codes, query)``
+    (a ``(predicted codes, confidence)`` pair) as labels; shared by the kNN and optimal-transport transfers."""
     import anndata as ad
 
-    ref = ad.read_zarr(reference)
-    qry = ad.read_zarr(query)
+    ref, qry = ad.read_zarr(reference), ad.read_zarr(query)
     if label_key not in ref.obs:
         raise InputError(reference, f"obs['{label_key}']", f"no such column (has: {', '.join(ref.obs.columns)})",
                          "pass a label key of the reference modality")
@@ -72,7 +79,7 @@ def transfer_labels(reference: str | os.PathLike, query: str | os.PathLike, labe
         if obsm_key not in a.obsm:
             raise InputError(path, f"obsm['{obsm_key}']", "no such embedding", "run model.embed() first")
     cats = pd.Categorical(ref.obs[label_key].astype(str))
-    pred, conf = knn_vote(np.asarray(ref.obsm[obsm_key]), cats.codes, np.asarray(qry.obsm[obsm_key]), k=k)
+    pred, conf = vote(np.asarray(ref.obsm[obsm_key]), cats.codes, np.asarray(qry.obsm[obsm_key]))
     out = pd.DataFrame({"predicted": np.asarray(cats.categories)[pred], "confidence": conf}, index=qry.obs_names)
     if label_key in qry.obs:
         out["true"] = qry.obs[label_key].astype(str).to_numpy()

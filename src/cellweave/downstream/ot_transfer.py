@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from .label_transfer import vote_between_stores
 
 SOURCE = "optimal transport transfer"
 
@@ -152,21 +153,7 @@ def ot_transfer_labels(reference: str | os.PathLike, query: str | os.PathLike, l
     DataFrame
         Indexed by the query cell ids: ``predicted``, ``confidence``, and ``true`` when the query has the key.
     """
-    import anndata as ad
-
-    ref, qry = ad.read_zarr(reference), ad.read_zarr(query)
-    if label_key not in ref.obs:
-        raise InputError(reference, f"obs['{label_key}']", f"no such column (has: {', '.join(ref.obs.columns)})",
-                         "pass a label key of the reference modality")
-    for path, a in ((reference, ref), (query, qry)):
-        if obsm_key not in a.obsm:
-            raise InputError(path, f"obsm['{obsm_key}']", "no such embedding", "run model.embed() first")
-    cats = pd.Categorical(ref.obs[label_key].astype(str))
-    pred, conf = ot_vote(np.asarray(ref.obsm[obsm_key]), cats.codes, np.asarray(qry.obsm[obsm_key]), **options)
-    out = pd.DataFrame({"predicted": np.asarray(cats.categories)[pred], "confidence": conf}, index=qry.obs_names)
-    if label_key in qry.obs:
-        out["true"] = qry.obs[label_key].astype(str).to_numpy()
-    return out
+    return vote_between_stores(reference, query, label_key, obsm_key, lambda r, lab, q: ot_vote(r, lab, q, **options))
 
 
 def _check(X: np.ndarray, name: str) -> np.ndarray:

@@ -23,11 +23,11 @@ from ..reduce import ReducedPairedStream, Reduction, raw_features
 from ..train.trainer import TrainResult
 from .base import EMBEDDING_KEY, IntegrationModel
 from .cvqvae_module import CVQVAEModule, CVQVAEWeights
+from .config import config_from_dict
 from .inputs import KIND_BY_NAME, StoreLike
 from .paired import (
     batch_categories,
     check_paired,
-    config_from_dict,
     fitted_reductions,
     lsi_settings,
     pca_settings,
@@ -79,7 +79,7 @@ class CVQVAEConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> CVQVAEConfig:
         """Build from a (TOML) mapping; unknown keys are an error naming the key."""
-        return config_from_dict(cls, CVQVAEWeights, values, source)
+        return config_from_dict(cls, values, source, CVQVAEWeights)
 
 
 class CVQVAE(IntegrationModel):

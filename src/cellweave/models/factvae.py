@@ -30,8 +30,9 @@ from .base import EMBED_BATCH, EMBEDDING_KEY, IntegrationModel
 from .factvae_links import link_scores
 from .factvae_module import FactVAEModule, FactVAEWeights
 from .factvae_pairs import index_pairs, read_pair_table, window_pairs
+from .config import config_from_dict
 from .inputs import StoreLike, checked_stats, modality_kind
-from .paired import check_paired, config_from_dict, fitted_reductions, lsi_settings, pca_settings, run_reductions, save_reductions
+from .paired import check_paired, fitted_reductions, lsi_settings, pca_settings, run_reductions, save_reductions
 from .run import read_config
 
 PAIRS = "gene_peak_pairs.tsv"
@@ -91,7 +92,7 @@ class FactVAEConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> FactVAEConfig:
         """Build from a (TOML) mapping; unknown keys are an error naming the key."""
-        config = config_from_dict(cls, FactVAEWeights, values, source)
+        config = config_from_dict(cls, values, source, FactVAEWeights)
         if config.encoder_input not in ENCODER_INPUTS:
             raise InputError(source, "[model] encoder_input", f"unknown value {config.encoder_input!r}",
                              f"use one of {', '.join(ENCODER_INPUTS)}")

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 from ..data import ModalityStore, Preprocess
 from ..errors import InputError
@@ -110,19 +108,3 @@ def lsi_settings(store: ModalityStore, n_components: int, seed: int, features: l
     width = store.n_vars if features is None else len(features)
     return {"n_components": min(n_components, width - 1, store.n_obs - 1), "skip_first": True, "seed": seed,
             "features": features}
-
-
-def config_from_dict(cls: type, weights_cls: type, values: Mapping[str, Any], source: str) -> Any:
-    """A config dataclass from a mapping with a nested ``weights`` table; unknown keys are refused by name."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InputError(source, f"[model] {unknown[0]}", "unknown setting", f"use one of: {', '.join(sorted(known))}")
-    values = dict(values)
-    if "weights" in values:
-        wk = {f.name for f in fields(weights_cls)}
-        bad = sorted(set(values["weights"]) - wk)
-        if bad:
-            raise InputError(source, f"[model.weights] {bad[0]}", "unknown loss weight", f"use one of: {', '.join(sorted(wk))}")
-        values["weights"] = weights_cls(**values["weights"])
-    return cls(**values)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from ..links import (
 from ..train.distributed import on_rank_zero
 from ..train.trainer import TrainResult
 from .base import EMBED_BATCH, EMBEDDING_KEY, IntegrationModel
+from .config import config_from_dict
 from .inputs import StoreLike, checked_stats, modality_kind
 from .scmodal_module import SCMODALModule, SCMODALWeights
 
@@ -95,20 +96,10 @@ class SCMODALConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> SCMODALConfig:
         """Build from a (TOML) mapping; unknown keys are an error naming the key."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(source, f"[model] {unknown[0]}", "unknown setting", f"use one of: {', '.join(sorted(known))}")
         values = dict(values)
-        if "weights" in values:
-            wk = {f.name for f in fields(SCMODALWeights)}
-            bad = sorted(set(values["weights"]) - wk)
-            if bad:
-                raise InputError(source, f"[model.weights] {bad[0]}", "unknown loss weight", f"use one of: {', '.join(sorted(wk))}")
-            values["weights"] = SCMODALWeights(**values["weights"])
         if "learn" in values and not isinstance(values["learn"], LearnSettings):
             values["learn"] = LearnSettings.from_dict(values["learn"], f"{source}: [model.learn]")
-        return cls(**values)
+        return config_from_dict(cls, values, source, SCMODALWeights)
 
 
 def resolve_links(stores: Mapping[str, Any], links: str | os.PathLike | Sequence[FeatureLinks] | None,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from ..errors import InputError
 from ..links import FeatureLinks
 from ..train.trainer import TrainResult
 from .base import EMBED_BATCH, IntegrationModel
+from .config import config_from_dict
 from .inputs import StoreLike, checked_stats, modality_kind
 from .scmrdr_module import COUNT_LIKELIHOODS, LIKELIHOODS, SCMRDRModule
 from .union_space import (
@@ -131,11 +132,7 @@ class SCMRDRConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> SCMRDRConfig:
         """Build from a (TOML) mapping; unknown keys are an error naming the key."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(source, f"[model] {unknown[0]}", "unknown setting", f"use one of: {', '.join(sorted(known))}")
-        return cls(**values)
+        return config_from_dict(cls, values, source)
 
 
 def global_batches(stores: Mapping[str, ModalityStore], batch_key: str | None) -> tuple[list[str], dict[str, np.ndarray | None]]:
