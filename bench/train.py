@@ -2,10 +2,12 @@
 model trained the way the authors' code does it (every cell preprocessed into one dense in-memory matrix,
 minibatches drawn by random indices).
 
-    python bench/train.py --method scmodal --cells 100000 --json out.json [--steps 200] [--device cpu]
+    python bench/train.py --method scmodal|scmrdr|cvqvae|factvae --cells 100000 --json out.json [--steps 200]
 
-Data: ``--cells`` simulated cells per modality (RNA 2,000 genes + ADT 150 proteins, unpaired twins) kept under
-``--data`` (default ``.bench/train-N``) and reused when present. Each case runs in its own subprocess; the
+Data: ``--cells`` simulated cells per modality, kept under ``--data`` (default ``.bench/train-N``) and reused
+when present: scMODAL RNA 2,000 genes + ADT 150 proteins and scMRDR RNA + ADT + ATAC (``--peaks``, as gene
+activity), each modality its own cells (unpaired twins); CVQVAE and FactVAE paired RNA 2,000 genes + ATAC
+50,000 peaks. Each case runs in its own subprocess; the
 parent samples the RSS of that process tree every 50 ms. Reported per case: seconds of the preprocessing
 statistics pass, of model set-up, of ``--steps`` training steps (after ``--warmup`` steps) and of embedding
 every cell; steps/s and peak RSS (with ``--repeat R``, cases alternate R times and the fastest run of
@@ -23,43 +25,100 @@ import sys
 import time
 from pathlib import Path
 
+from dataclasses import replace
+
 from measure import measure as run_measured, write_json
 from torch.utils.data import IterableDataset
 
+from cellweave.data import CellBatch
+
 SMALL_STEPS = 200
-DATA_FOR = {"scmodal": ("rna", "adt")}
+# method -> (modalities, paired, settings beyond links and seed)
+DATA_FOR = {
+    "scmodal": (("rna", "adt"), False, {"links": "links.tsv"}),
+    "scmrdr": (("rna", "adt", "atac"), False, {"genes_bed": "genes.bed", "batch_key": "batch"}),
+    "cvqvae": (("rna", "atac"), True, {"batch_key": "batch"}),
+    "factvae": (("rna", "atac"), True, {"genes_bed": "genes.bed"}),
+}
 
 
-def prepare(data: Path, cells: int, modalities: tuple[str, ...], genes: int, proteins: int) -> Path:
-    """Simulate the atlas once (unpaired twins: every modality has its own cells)."""
+def prepare(data: Path, method: str, cells: int, genes: int, proteins: int, peaks: int) -> Path:
+    """Simulate the method's atlas once: unpaired twins (every modality its own cells) or paired cells."""
     from cellweave.simulate import simulate_atlas
 
-    root = data / "sim"
+    modalities, paired, _ = DATA_FOR[method]
+    root = data / (("paired-" if paired else "sim-") + "-".join(modalities))
     if not all((root / f"{m}.zarr").exists() for m in modalities):
         t = time.perf_counter()
-        simulate_atlas(root, cells, modalities=modalities, n_genes=genes, n_proteins=proteins, seed=0, overwrite=True)
+        simulate_atlas(root, cells, modalities=modalities, paired=paired, n_genes=genes, n_proteins=proteins,
+                       n_peaks=peaks, seed=0, overwrite=True)
         print(f"simulated {len(modalities)} x {cells} cells in {time.perf_counter() - t:.0f}s", file=sys.stderr)
     return root
 
 
-def _model(method: str, root: Path, modalities: tuple[str, ...]):
+def _model(method: str, root: Path):
     from cellweave.models import METHODS
 
-    if method not in METHODS:
-        raise SystemExit(f"unknown method {method!r}: choose from {sorted(METHODS)}")
-    settings = {"links": str(root / "links.tsv"), "seed": 0}
+    modalities, _, extra = DATA_FOR[method]
+    settings = {"seed": 0} | {k: str(root / v) if k in ("genes_bed", "links") else v for k, v in extra.items()}
     return METHODS[method].from_settings({m: root / f"{m}.zarr" for m in modalities}, settings)
 
 
-class _InMemoryUnpaired(IterableDataset):
-    """The authors' loop: dense preprocessed matrices in RAM, one random minibatch per modality per step."""
+def _concat(batches: list) -> CellBatch:
+    """One modality's cells as one in-memory batch: transformed dense values and every per-cell field."""
+    import numpy as np
+    import torch
 
-    def __init__(self, matrices: dict, batch_size: int, steps: int, seed: int = 0) -> None:
+    def cat(name: str):
+        parts = [getattr(b, name) for b in batches]
+        return None if parts[0] is None else torch.cat([p.cpu() for p in parts])
+
+    first = batches[0]
+    return replace(first, obs_names=np.concatenate([b.obs_names for b in batches]), rows=cat("rows"),
+                   values=torch.cat([b.dense().cpu() for b in batches]), crow_indices=None, col_indices=None,
+                   library_size=cat("library_size"), batch=cat("batch"), label=cat("label"), center=None, scale=None,
+                   max_value=None)
+
+
+def _take(batch: CellBatch, idx) -> CellBatch:
+    import torch
+
+    rows = torch.as_tensor(idx)
+    pick = {f: getattr(batch, f)[rows] for f in ("rows", "values", "library_size", "batch", "label")
+            if getattr(batch, f) is not None}
+    return replace(batch, obs_names=batch.obs_names[idx], **pick)
+
+
+class InMemory(IterableDataset):
+    """The authors' loop: every cell's model input held in RAM, random minibatches drawn by index.
+
+    Built from one epoch of the model's own training stream, so each key of a step (a modality, or a reduced
+    view of it) holds exactly what the module trains on. Unpaired streams draw an index per modality,
+    paired streams one index shared by every key.
+    """
+
+    def __init__(self, stream: IterableDataset, batch_size: int, steps: int, seed: int = 0) -> None:
         import numpy as np
 
+        from cellweave.data import UnpairedStream
+
         super().__init__()
-        self.matrices, self.batch_size, self.steps = matrices, batch_size, steps
+        self.paired = not isinstance(stream, UnpairedStream)
+        parts: dict[str, list] = {}
+        if self.paired:
+            for step in stream:
+                for key, b in step.items():
+                    parts.setdefault(key, []).append(b)
+        else:
+            for key, sub in stream.streams.items():
+                parts[key] = list(sub)
+        self.data = {key: _concat(batches) for key, batches in parts.items()}
+        self.batch_size, self.steps = batch_size, steps
         self.rng = np.random.default_rng(seed)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.values.numel() * b.values.element_size() for b in self.data.values())
 
     def set_epoch(self, epoch: int) -> None:  # random draws with replacement: no epochs
         pass
@@ -71,18 +130,12 @@ class _InMemoryUnpaired(IterableDataset):
         return self.steps
 
     def __iter__(self):
-        import torch
-
-        from cellweave.data import CellBatch
-
         for _ in range(self.steps):
-            out = {}
-            for m, X in self.matrices.items():
-                idx = self.rng.integers(0, X.shape[0], self.batch_size)
-                rows = torch.as_tensor(idx)
-                x = torch.from_numpy(X[idx])
-                out[m] = CellBatch(m, idx.astype(str), rows, x, None, None, X.shape[1], x.sum(1))
-            yield out
+            if self.paired:
+                idx = self.rng.integers(0, len(next(iter(self.data.values()))), self.batch_size)
+                yield {key: _take(b, idx) for key, b in self.data.items()}
+            else:
+                yield {key: _take(b, self.rng.integers(0, len(b), self.batch_size)) for key, b in self.data.items()}
 
 
 def case(args: argparse.Namespace) -> dict:
@@ -94,20 +147,18 @@ def case(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     root = Path(args.root)
-    modalities = DATA_FOR[args.method]
     out: dict = {"case": args.case}
     t = time.perf_counter()
-    model = _model(args.method, root, modalities)
+    model = _model(args.method, root)
     out["setup_s"] = time.perf_counter() - t  # includes the one streamed statistics pass per modality
     model.device = torch.device(args.device)
     if args.case == "stream":
         data = model.train_stream()
     else:
         t = time.perf_counter()
-        mats = {m: torch.cat([b.dense().cpu() for b in model.iter_batches(m)]).numpy() for m in modalities}
+        data = InMemory(model.train_stream(), model.config.batch_size, args.warmup + args.steps)
         out["load_s"] = time.perf_counter() - t
-        out["dense_gb"] = sum(x.nbytes for x in mats.values()) / 2**30
-        data = _InMemoryUnpaired(mats, model.config.batch_size, args.warmup + args.steps)
+        out["dense_gb"] = data.nbytes / 2**30
     torch.manual_seed(0)
     module = model.build_module()
     times = []
@@ -144,6 +195,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--genes", type=int, default=2000)
     p.add_argument("--proteins", type=int, default=150)
+    p.add_argument("--peaks", type=int, default=50_000, help="ATAC peaks (scmrdr, cvqvae, factvae)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the stream (0: read in the training process)")
@@ -160,8 +212,9 @@ def main() -> None:
         print(json.dumps(case(args)))
         return
     data = args.data or Path(".bench") / f"train-{args.cells}"
-    root = prepare(data, args.cells, DATA_FOR[args.method], args.genes, args.proteins)
-    results = {"method": args.method, "cells_per_modality": args.cells, "genes": args.genes, "proteins": args.proteins,
+    root = prepare(data, args.method, args.cells, args.genes, args.proteins, args.peaks)
+    results = {"method": args.method, "cells_per_modality": args.cells, "modalities": list(DATA_FOR[args.method][0]),
+               "paired": DATA_FOR[args.method][1], "genes": args.genes, "proteins": args.proteins, "peaks": args.peaks,
                "steps": args.steps, "device": args.device, "threads": args.threads, "machine": platform.platform(),
                "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "cases": {}}
     names = ("stream",) + (() if args.no_baseline else ("inmemory",))
