@@ -132,6 +132,22 @@ def test_no_surviving_links_is_refused(atlas, tmp_path):
         SCMODAL({"rna": atlas["rna"], "adt": adt}, links="auto")
 
 
+def test_a_table_plus_genes_bed_links_the_modality_the_table_leaves_out(atlas):
+    from cellweave.data import open_modality
+    from cellweave.models.scmodal import resolve_links
+
+    stores = {m: open_modality(atlas[m]) for m in ("rna", "adt", "atac")}
+    table_pairs = {lk.pair for lk in read_links(atlas["links"])}
+    assert not any("atac" in p for p in table_pairs)  # the simulator's table links proteins only
+    found = resolve_links(stores, atlas["links"], genes_bed=atlas["genes_bed"])
+    atac = [lk for p, lk in found.items() if "atac" in p]
+    expected = gene_activity(list(stores["atac"].var_names), atlas["genes_bed"], list(stores["rna"].var_names))
+    assert len(atac) == 1 and atac[0].pair == expected.pair and len(atac[0].table) == len(expected.table)
+    assert {p for p in found if "atac" not in p} == table_pairs  # the table's own pairs are kept as given
+    with pytest.raises(InputError, match="'atac' has no surviving feature links"):
+        resolve_links(stores, atlas["links"])  # no genes BED: ATAC stays unlinked, and says so
+
+
 def test_zero_cells_is_refused(atlas, tmp_path):
     path = tmp_path / "empty.h5ad"
     ad.AnnData(X=sp.csr_matrix((0, 5), dtype=np.float32), var=pd.DataFrame(index=[f"CD{i}" for i in range(5)])).write_h5ad(path)

@@ -106,18 +106,27 @@ def resolve_links(stores: Mapping[str, Any], links: str | os.PathLike | Sequence
                   kinds: Mapping[str, str] | None = None, genes_bed: str | os.PathLike | None = None) -> dict[tuple[str, str], FeatureLinks]:
     """The links between the given modalities: ``"auto"`` (rules by modality kind), a TSV path, or given links.
 
+    With a table, a modality it links to nothing gets the automatic rules instead (e.g. a protein -> gene TSV
+    plus ``genes_bed`` for an ATAC modality).
+
     Raises
     ------
     InputError
         When a pair's links do not survive on the data, or a modality ends up linked to no other modality.
     """
     names = list(stores)
+
+    def automatic() -> dict[tuple[str, str], FeatureLinks]:
+        return auto_links({m: (modality_kind(m, kinds), list(stores[m].var_names)) for m in names}, genes_bed=genes_bed)
+
     if links is None or (isinstance(links, str) and links == "auto"):
-        found = auto_links({m: (modality_kind(m, kinds), list(stores[m].var_names)) for m in names}, genes_bed=genes_bed)
-    elif isinstance(links, str | os.PathLike):
-        found = {lk.pair: lk for lk in read_links(links, modalities=names)}
+        found = automatic()
     else:
-        found = {lk.pair: lk for lk in links}
+        given = read_links(links, modalities=names) if isinstance(links, str | os.PathLike) else links
+        found = {lk.pair: lk for lk in given if lk.pair[0] in stores and lk.pair[1] in stores}
+        unlinked = set(names) - {m for pair in found for m in pair}
+        if len(names) > 1 and unlinked and (genes_bed is not None or not any(modality_kind(m, kinds) == "atac" for m in unlinked)):
+            found |= {p: lk for p, lk in automatic().items() if p not in found and unlinked & set(p)}
     found = {p: lk for p, lk in found.items() if p[0] in stores and p[1] in stores}
     for (s, t), lk in found.items():
         require_links(lk, 1, list(stores[s].var_names), list(stores[t].var_names))
