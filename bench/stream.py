@@ -150,7 +150,8 @@ def main() -> None:
     for name in args.only or BASELINES:
         results[name] = measure(name, data, args.batch_size, args.workers)
         r = results[name]
-        line = r.get("error") or f"{r['cells_per_s']:>10,.0f} cells/s   peak RSS {r['peak_rss_mb']:>8,.0f} MB"
+        line = r.get("error") or (f"{r['cells_per_s']:>10,.0f} cells/s   peak RSS {r['peak_rss_mb']:>8,.0f} MB   "
+                                  f"peak PSS {r.get('peak_pss_mb', float('nan')):>8,.0f} MB")
         print(f"{name:>18}: {line}", flush=True)
     base = results.get("tiledbsoma_ml", {})
     cz = results.get("cellweave_zarr", {})

@@ -20,7 +20,7 @@ import zarr
 from ..train.distributed import any_rank, on_rank_zero, rank, world_size
 from .atomic import atomic_output
 from .store import ModalityStore
-from .zarr_store import write_anndata_elem
+from .zarr_store import OBS_CHUNK_ROWS, write_anndata_elem
 
 ARRAY_ATTRS = {"encoding-type": "array", "encoding-version": "0.2.0"}
 ROW_CHUNK = 16_384
@@ -78,7 +78,7 @@ class EmbeddingWriter:
         var = pd.DataFrame(index=pd.Index([] if self.var_names is None else list(self.var_names), dtype=str))
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-        write_anndata_elem(root, "obs", obs)
+        write_anndata_elem(root, "obs", obs, chunk_rows=OBS_CHUNK_ROWS)
         write_anndata_elem(root, "var", var)
         for key in ("layers", "obsp", "varm", "varp", "uns"):
             write_anndata_elem(root, key, {})

@@ -29,9 +29,18 @@ SHARD_ELEMS = 1 << 22
 _COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)
 
 
-def write_anndata_elem(group: zarr.Group, key: str, value) -> None:
-    """Write one AnnData element (obs, var, a dict ...) unsharded: these are small and read whole."""
-    ad.io.write_elem(group, key, value, dataset_kwargs={"shards": None})
+OBS_CHUNK_ROWS = 4096
+
+
+def write_anndata_elem(group: zarr.Group, key: str, value, chunk_rows: int | None = None) -> None:
+    """Write one AnnData element (obs, var, a dict ...) unsharded.
+
+    ``chunk_rows`` chunks every column (obs: :data:`OBS_CHUNK_ROWS`): the stream reads the cell ids of a few
+    hundred scattered rows at a time, and each read decodes whole chunks (with anndata's default of 250,000
+    strings per chunk, reading the ids cost more than reading the counts).
+    """
+    kwargs = {"shards": None} | ({"chunks": (int(chunk_rows),)} if chunk_rows else {})
+    ad.io.write_elem(group, key, value, dataset_kwargs=kwargs)
 
 
 class ZarrWriter:
@@ -143,7 +152,7 @@ class ZarrWriter:
             self.X.attrs.update(
                 {"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [self.n_obs, self.n_vars]}
             )
-        write_anndata_elem(self.root, "obs", obs)
+        write_anndata_elem(self.root, "obs", obs, chunk_rows=OBS_CHUNK_ROWS)
         write_anndata_elem(self.root, "var", var)
         write_anndata_elem(self.root, "uns", {"cellweave": {"modality": modality, "kind": kind}})
         for key in ("obsm", "varm", "obsp", "varp", "layers"):
