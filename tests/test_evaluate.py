@@ -197,6 +197,19 @@ def test_leiden_nmi_ari_equal_scib(pbmc):
     assert abs(ours["nmi"] - ref["nmi"]) < TOL and abs(ours["ari"] - ref["ari"]) < TOL
 
 
+def test_leiden_in_worker_processes_equals_one_process(pbmc, monkeypatch):
+    import cellweave.evaluate.clustering as clustering
+
+    monkeypatch.setattr(clustering, "PARALLEL_LEIDEN_MIN_CELLS", 0)  # the 700-cell graph would stay in-process
+    grid = (0.4, 1.0, 1.6)
+    serial = leiden_grid(pbmc["graph"], grid)
+    parallel = leiden_grid(pbmc["graph"], grid, n_jobs=2)
+    assert list(parallel) == list(serial)
+    for r in grid:
+        assert np.array_equal(parallel[r], serial[r])
+    assert len(np.unique(serial[1.6])) > len(np.unique(serial[0.4]))  # the resolutions really differ
+
+
 def test_kmeans_nmi_ari(pbmc):
     # well-separated clusters: k-means has one answer, FAISS and scib-metrics' JAX k-means both find it
     rng = np.random.default_rng(1)

@@ -301,7 +301,8 @@ def evaluate_embedding(
         bio["clisi"] = run.step("clisi", lambda: clisi(graph, labels, k_lisi, chunk_size=s.chunk_size))
         km = run.step("kmeans", lambda: nmi_ari_kmeans(X, labels, seed=s.seed))
         bio["nmi_kmeans"], bio["ari_kmeans"] = km["nmi"], km["ari"]
-        clusterings = run.step("leiden", lambda: leiden_grid(graph, s.leiden_resolutions, n_neighbors=k_cluster))
+        clusterings = run.step("leiden", lambda: leiden_grid(graph, s.leiden_resolutions, n_neighbors=k_cluster,
+                                                                      n_jobs=s.n_workers))
         ld = nmi_ari_leiden(clusterings, labels)
         bio["nmi_leiden"], bio["ari_leiden"] = ld["nmi"], ld["ari"]
         details["leiden_resolution"] = ld["resolution"]
