@@ -41,3 +41,15 @@ def small_zarr(tmp_path):
     """A 10,000 x 120 counts store and its source."""
     src = counts_source(10_000, 120)
     return write_zarr(src, tmp_path / "rna.zarr"), src
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (modules opt in with ``pytestmark``): two threads on a loaded 2-core
+    machine are many times slower than one."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -21,12 +21,7 @@ SMALL = {"hidden": [256, 128], "batch_size": 256, "n_components": 30}
 N_CELLS = 1200
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def foscttm(a: np.ndarray, b: np.ndarray) -> float:

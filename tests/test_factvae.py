@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-import torch
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
@@ -25,12 +24,7 @@ SMALL = {"n_top_genes": 0, "rna_hidden": [128], "atac_hidden": [64], "n_latent":
          "n_background": 5000}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -37,13 +37,7 @@ SMALL = {"n_top_features": 300, "hidden": 128, "batch_size": 256}
 WEAK = 5  # proteins kept in the weak table
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on a loaded 2-core machine are many times slower than one."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

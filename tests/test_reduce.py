@@ -16,12 +16,7 @@ from cellweave.reduce import ReducedPairedStream, Reduction, fit_lsi, fit_pca, l
 N_CELLS, N_GENES, N_PEAKS, RANK = 900, 150, 400, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _counts(n_features: int, scale: float, seed: int) -> np.ndarray:

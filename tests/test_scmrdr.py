@@ -32,13 +32,7 @@ SWEEP_STEPS = 1500
 ABLATIONS = {"beta=1": {"beta": 1.0}, "lambda=0": {"lam": 0.0}, "gamma=0": {"gamma": 0.0}, "no mask": {"use_mask": False}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on a loaded 2-core machine are many times slower than one."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

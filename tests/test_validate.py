@@ -25,12 +25,7 @@ from .conftest import counts_source
 N_CELLS, N_GENES, N_PROTEINS = 120, 30, 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def listing(path: Path) -> dict[str, int]:
