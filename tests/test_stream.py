@@ -283,3 +283,17 @@ def test_make_loader_spawns_workers_for_soma_and_covers_every_cell(tmp_path):
     zstore = open_modality(write_zarr(src, tmp_path / "x.zarr"))
     spawned = make_loader(CellStream(zstore, 100, seed=1), num_workers=2, multiprocessing_context="spawn")
     assert [x.rows.tolist() for x in spawned] == [x.rows.tolist() for x in make_loader(CellStream(zstore, 100, seed=1), 2)]
+
+
+def test_malloc_arena_cap_respects_the_users_setting(monkeypatch):
+    import platform
+
+    from cellweave.data import malloc
+
+    glibc = platform.libc_ver()[0] == "glibc"
+    monkeypatch.setattr(malloc, "_done", set())
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert malloc.limit_malloc_arenas() is False  # the user's environment wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert malloc.limit_malloc_arenas() is glibc
+    malloc.release_free_memory()  # a no-op off glibc, never an error

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import InputError
 from .batch import CellBatch
+from .malloc import release_free_memory
 from .plan import Shard, batches_before, blocks, n_batches, rank_positions, shard_positions
 from .preprocess import FeatureStats, Preprocess, lognormalize, load_or_compute_stats
 from .store import CellChunk, ModalityStore
@@ -301,6 +302,8 @@ class _Sharded(IterableDataset):
                 if nxt is not None:
                     pending.append(pool.submit(job, nxt))
                 yield from done
+                del done
+                release_free_memory()
 
     def __iter__(self) -> Iterator:
         shard = logical_shard(current_shard(self._rank, self._world), self.skip)
