@@ -89,7 +89,10 @@ def diffusion_embedding(conn: sp.csr_matrix, n_comps: int = 100) -> np.ndarray:
     (the t-step sum integrated out), so that Euclidean distance approximates diffusion distance.
     """
     T = _transitions(conn).astype(np.float64)
-    evals, evecs = eigsh(T, k=min(T.shape[0] - 1, n_comps), which="LM")
+    # a fixed start vector: ARPACK's default one comes from a process-wide generator, so the result (and kBET,
+    # through near-degenerate eigenvectors) would depend on every eigsh call made before in the process
+    v0 = np.full(T.shape[0], 1.0 / np.sqrt(T.shape[0]))
+    evals, evecs = eigsh(T, k=min(T.shape[0] - 1, n_comps), which="LM", v0=v0)
     evals, evecs = evals.astype(np.float32)[::-1], evecs.astype(np.float32)[:, ::-1]
     evals = evals + np.float32(_EPS)
     scaled = np.array([e if e == 1 else e / (1 - e) for e in evals], dtype=np.float32)
