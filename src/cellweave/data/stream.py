@@ -83,7 +83,8 @@ class ModalityReader:
             keep = stats.hvg(pp.n_top_genes)
         elif pp is not None and pp.features is not None:
             keep = list(pp.features)
-            missing = [f for f in keep if f not in set(names)]
+            present = set(names)
+            missing = [f for f in keep if f not in present]
             if missing:
                 raise InputError(store.path, "var_names", f"{len(missing)} requested features are absent, e.g. {missing[:5]}",
                                  "request features the store has (see store.var_names)")
