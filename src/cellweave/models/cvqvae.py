@@ -18,7 +18,6 @@ import torch
 from torch.utils.data import IterableDataset
 
 from ..data import CellBatch, Preprocess
-from ..errors import InputError
 from ..reduce import ReducedPairedStream, Reduction, raw_features
 from ..train.trainer import TrainResult
 from .base import EMBEDDING_KEY, IntegrationModel
@@ -34,7 +33,7 @@ from .paired import (
     run_reductions,
     save_reductions,
 )
-from .run import read_config
+from .run import read_run_config
 
 CODE_KEY = "cvqvae_code"
 PEAK_KINDS = ("atac",)
@@ -165,10 +164,7 @@ class CVQVAE(IntegrationModel):
     def from_run(cls, run_dir: str | os.PathLike, device: str = "cpu") -> CVQVAE:
         """The trained model of a run directory (its config, input reductions and checkpoint)."""
         run_dir = Path(run_dir)
-        cfg = read_config(run_dir)
-        if cfg.get("method") != cls.method:
-            raise InputError(run_dir, "config.toml", f"a {cfg.get('method')!r} run, not a {cls.method} one",
-                             f"pass a run written by `cellweave fit --method {cls.method}`")
+        cfg = read_run_config(run_dir, cls.method)
         inputs = cfg["inputs"]
         model = cls(inputs, config=cfg.get("model"), batch_key=cfg.get("batch_key"), kinds=cfg.get("kinds"),
                     seed=int(cfg.get("seed", 0)), reductions=run_reductions(run_dir, list(inputs)))

@@ -33,7 +33,7 @@ from .factvae_pairs import index_pairs, read_pair_table, window_pairs
 from .config import config_from_dict
 from .inputs import StoreLike, checked_stats, modality_kind
 from .paired import check_paired, fitted_reductions, lsi_settings, pca_settings, run_reductions, save_reductions
-from .run import read_config
+from .run import read_run_config
 
 PAIRS = "gene_peak_pairs.tsv"
 JOINT = "joint.zarr"
@@ -358,10 +358,7 @@ class FactVAE(IntegrationModel):
     def from_run(cls, run_dir: str | os.PathLike, device: str = "cpu") -> FactVAE:
         """The trained model of a run directory (its config, gene-peak pairs, reductions and checkpoint)."""
         run_dir = Path(run_dir)
-        cfg = read_config(run_dir)
-        if cfg.get("method") != cls.method:
-            raise InputError(run_dir, "config.toml", f"a {cfg.get('method')!r} run, not a {cls.method} one",
-                             f"pass a run written by `cellweave fit --method {cls.method}`")
+        cfg = read_run_config(run_dir, cls.method)
         inputs = cfg["inputs"]
         model = cls(inputs, links=run_dir / PAIRS, config=cfg.get("model"), kinds=cfg.get("kinds"),
                     genes_bed=cfg.get("genes_bed"), seed=int(cfg.get("seed", 0)),

@@ -46,6 +46,15 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(path, "config", f"not valid TOML ({exc})", "fix the syntax at the position given") from None
 
 
+def read_run_config(run_dir: str | os.PathLike, method: str) -> dict[str, Any]:
+    """A run directory's config, refused (naming the run's method) when another method wrote it."""
+    cfg = read_config(run_dir)
+    if cfg.get("method") != method:
+        raise InputError(Path(run_dir), "config.toml", f"a {cfg.get('method')!r} run, not a {method} one",
+                         f"pass a run written by `cellweave fit --method {method}`")
+    return cfg
+
+
 def _drop_none(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _drop_none(v) for k, v in value.items() if v is not None}
