@@ -188,6 +188,21 @@ class IntegrationModel(ABC):
             yield b.to(self.device)
 
     @torch.no_grad()
+    def write_imputed(self, source: str, target: str, var_names: Any, out: str | os.PathLike | None, overwrite: bool,
+                      predict: Any) -> Path:
+        """Stream ``predict(batch)`` for every cell of ``source`` into ``X`` of an AnnData Zarr store (default
+        ``RUN/imputed/<source>_to_<target>.zarr``) whose obs are the source cells and var ``var_names``.
+        """
+        if out is None:
+            if self.run_dir is None:
+                raise InputError(type(self).__name__, "out", "no output path and no run directory", "pass out=...")
+            out = self.run_dir / "imputed" / f"{source}_to_{target}.zarr"
+        with EmbeddingWriter(out, self.stores[source], {}, var_names=var_names, overwrite=overwrite) as writer:
+            for b in self.iter_batches(source):
+                writer.write(b.rows.cpu().numpy(), {"X": predict(b).float().cpu().numpy()})
+        return Path(out)
+
+    @torch.no_grad()
     def embed(self, out_dir: str | os.PathLike | None = None, modalities: Sequence[str] | None = None,
               overwrite: bool = True, write_soma: bool = True, progress: bool = True) -> dict[str, Path]:
         """Embed every cell, streamed, into ``out_dir/<modality>.zarr`` (default ``RUN/embeddings``).

@@ -311,8 +311,6 @@ class SCMODAL(IntegrationModel):
         (default: all the target's input features). Written as ``X`` of an AnnData Zarr store
         (default ``RUN/imputed/<source>_to_<target>.zarr``) whose obs are the source cells.
         """
-        from ..data.embeddings import EmbeddingWriter
-
         module = self._require_module().to(self.device).eval()
         for m in (source, target):
             if m not in self.stores:
@@ -323,17 +321,11 @@ class SCMODAL(IntegrationModel):
             missing = [f for f, p in zip(features, pick) if p < 0][:5]
             raise InputError(f"imputation {source} -> {target}", "features", f"not among {target}'s input features: {missing}",
                              f"pick from the {len(names)} features of model.features[{target!r}]")
-        if out is None:
-            if self.run_dir is None:
-                raise InputError(type(self).__name__, "out", "no output path and no run directory", "pass out=...")
-            out = self.run_dir / "imputed" / f"{source}_to_{target}.zarr"
         cols = torch.as_tensor(pick, device=self.device)
-        with EmbeddingWriter(out, self.stores[source], {}, var_names=names[pick], overwrite=overwrite) as writer:
-            for b in self.iter_batches(source):
-                y = module.translate(source, target, b.dense())[:, cols]
-                writer.write(b.rows.cpu().numpy(), {"X": y.float().cpu().numpy()})
+        path = self.write_imputed(source, target, names[pick], out, overwrite,
+                                  lambda b: module.translate(source, target, b.dense())[:, cols])
         module.train()
-        return Path(out)
+        return path
 
     @torch.no_grad()
     def feature_relationships(self, source: str, target: str) -> pd.DataFrame:

@@ -341,8 +341,6 @@ class SCMRDR(IntegrationModel):
         Path
             The output store.
         """
-        from ..data.embeddings import EmbeddingWriter
-
         module = self._require_module().to(self.device).eval()
         source, target = self._modality(source), self._modality(target)
         names = pd.Index(self.space.features)
@@ -359,17 +357,11 @@ class SCMRDR(IntegrationModel):
                 raise InputError(f"imputation {source} -> {target}", "target_batch", f"unknown batch {target_batch!r}",
                                  f"use one of {self.batch_categories} (batches of batch_key={self.batch_key!r})")
             code = self.batch_categories.index(str(target_batch))
-        if out is None:
-            if self.run_dir is None:
-                raise InputError(type(self).__name__, "out", "no output path and no run directory", "pass out=...")
-            out = self.run_dir / "imputed" / f"{source}_to_{target}.zarr"
         cols = torch.as_tensor(pick, device=self.device)
-        with EmbeddingWriter(out, self.stores[source], {}, var_names=names[pick], overwrite=overwrite) as writer:
-            for b in self.iter_batches(source):
-                y = module.impute(source, target, b, target_batch=code, library_size=library_size)[:, cols]
-                writer.write(b.rows.cpu().numpy(), {"X": y.float().cpu().numpy()})
+        path = self.write_imputed(source, target, names[pick], out, overwrite, lambda b: module.impute(
+            source, target, b, target_batch=code, library_size=library_size)[:, cols])
         module.train()
-        return Path(out)
+        return path
 
     def transfer_labels(self, reference: str, query: str, label_key: str | None = None, method: str = "knn",
                         embeddings: str | os.PathLike | None = None, k: int = 30, **ot_options: Any) -> pd.DataFrame:
