@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from scipy.stats import spearmanr
+from scipy.stats import nbinom, spearmanr
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
@@ -18,7 +18,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from cellweave.data import open_modality, read_rows
 from cellweave.errors import InputError
-from cellweave.simulate import BLOCK_CELLS, AtlasSimulator, SimulationConfig, simulate_atlas
+from cellweave.simulate import BLOCK_CELLS, AtlasSimulator, SimulationConfig, simulate_atlas, sparse_negative_binomial
 
 
 def _matrix(source, chunk_rows):
@@ -55,6 +55,20 @@ def test_same_seed_same_atlas_and_other_seed_differs():
     c = _matrix(AtlasSimulator(SimulationConfig(seed=6, **cfg)).source("rna"), 500)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("theta", [0.5, 5.0])
+def test_sparse_negative_binomial_matches_scipy(theta):
+    """The cluster (Poisson x logarithmic) sampler draws the negative binomial: mean, variance and pmf of scipy's."""
+    mu = np.array([0.01, 0.1, 0.5, 2.0, 8.0], dtype=np.float32)
+    counts = sparse_negative_binomial(np.random.default_rng(0), np.tile(mu, (200_000, 1)), theta).toarray()
+    for j, m in enumerate(mu):
+        ref = nbinom(theta, theta / (theta + m))
+        x = counts[:, j]
+        assert abs(x.mean() - ref.mean()) < 4 * np.sqrt(ref.var() / len(x)), (m, x.mean())
+        assert x.var() == pytest.approx(ref.var(), rel=0.08), (m, x.var())
+        for k in (0, 1, 2):
+            assert abs((x == k).mean() - ref.pmf(k)) < 0.005, (m, k)
 
 
 def test_obs_and_ids(sim):

@@ -52,6 +52,8 @@ LINEAGES = {
     "NK": ["NK CD56bright", "NK CD56dim"],
     "Myeloid": ["CD14 monocyte", "CD16 monocyte", "cDC", "pDC"],
 }
+ATAC_THETA = 5.0  # inverse dispersion of every peak
+SAMPLE_ENTRIES = 1 << 22  # cells x peaks of expected counts held at once while sampling ATAC
 _STREAM = {"cells": 0, "state": 1, "rna": 2, "adt": 3, "atac": 4}
 
 
@@ -84,6 +86,42 @@ class SimulationConfig:
     chromatin_share: float = 1.0
     coaccess: float = 0.0
     lineages: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in LINEAGES.items()})
+
+
+def sparse_negative_binomial(rng: np.random.Generator, mu: np.ndarray, theta: float) -> sp.csr_matrix:
+    """Negative binomial counts (mean ``mu``, inverse dispersion ``theta``), drawn only where counts fall.
+
+    An NB count is a Poisson number of clusters, each of logarithmic size (Quenouille 1949): clusters
+    ~ Poisson(theta * log(1 + mu / theta)), sizes ~ Logarithmic(mu / (mu + theta)). Laid end to end (row-major),
+    the entries' cluster rates tile an interval on which clusters are a unit-rate Poisson process: its points are
+    drawn in order (sorted uniforms from normalised exponential sums) and placed by one sorted search of the
+    cumulative rates. Random draws grow with the counts, not with cells x features (ATAC: a few percent non-zero).
+
+    Parameters
+    ----------
+    rng
+        Random generator.
+    mu
+        ``(cells, features)`` expected counts (dense, non-negative).
+    theta
+        Inverse dispersion (variance ``mu + mu**2 / theta``).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float32 counts of ``mu``'s shape.
+    """
+    n, m = mu.shape
+    cum = (theta * np.log1p(mu.reshape(-1) / theta)).astype(np.float64)
+    np.cumsum(cum, out=cum)
+    total = float(cum[-1]) if cum.size else 0.0
+    gaps = np.cumsum(rng.standard_exponential(rng.poisson(total) + 1))
+    flat = np.searchsorted(cum, gaps[:-1] * (total / gaps[-1]), side="right")
+    mean = mu.reshape(-1)[flat]
+    sizes = rng.logseries(mean / (mean + theta)).astype(np.float32)
+    counts = sp.coo_matrix((sizes, (flat // m, flat % m)), shape=(n, m)).tocsr()  # sums clusters of one entry
+    counts.sum_duplicates()
+    return counts
 
 
 def _antibody_table() -> pd.DataFrame:
@@ -283,6 +321,19 @@ class AtlasSimulator:
         rng = _seeded(cfg.seed, "state", block)
         return (self.type_mean[t] + rng.normal(0, 0.3, (n, cfg.n_programs))).astype(np.float32)
 
+    def _means(self, modality: str, z: np.ndarray, batch: np.ndarray, lib: np.ndarray) -> np.ndarray:
+        """Expected counts of cells with programs ``z``: capped softmax over features, times the library size."""
+        cfg = self.config
+        base, W = {"rna": (self.gene_base, self.gene_loadings), "adt": (self.protein_base, self.protein_loadings),
+                   "atac": (self.peak_base, self.peak_loadings)}[modality]
+        logits = base + z @ W + self.batch_shift[modality][batch]
+        # Soft cap: no single feature takes more than a few percent of a cell's counts, as in real data.
+        logits = cfg.logit_cap * np.tanh(logits / cfg.logit_cap)
+        logits -= logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(1, keepdims=True)
+        return p * lib[:, None]
+
     def _counts(self, modality: str, block: int) -> Matrix:
         cfg = self.config
         a = block * BLOCK_CELLS
@@ -290,28 +341,21 @@ class AtlasSimulator:
         n = z.shape[0]
         batch = self.obs_all["batch"].cat.codes.to_numpy()[a : a + n]
         rng = _seeded(cfg.seed, modality, block)
-        if modality == "rna":
-            base, W, theta, lib0, sd = self.gene_base, self.gene_loadings, self.gene_theta, cfg.rna_library, 0.5
-        elif modality == "adt":
-            base, W, theta, lib0, sd = self.protein_base, self.protein_loadings, self.protein_theta, cfg.adt_library, 0.35
-        else:
-            base, W, theta, lib0, sd = self.peak_base, self.peak_loadings, np.float32(5.0), cfg.atac_library, 0.6
-        logits = base + z @ W + self.batch_shift[modality][batch]
-        # Soft cap: no single feature takes more than a few percent of a cell's counts, as in real data.
-        logits = cfg.logit_cap * np.tanh(logits / cfg.logit_cap)
-        logits -= logits.max(1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(1, keepdims=True)
+        lib0, sd = {"rna": (cfg.rna_library, 0.5), "adt": (cfg.adt_library, 0.35), "atac": (cfg.atac_library, 0.6)}[modality]
         lib = (lib0 * self.batch_library[batch] * np.exp(rng.normal(0, sd, n))).astype(np.float32)
-        mu = p * lib[:, None]
-        theta = np.broadcast_to(np.asarray(theta, dtype=np.float32), mu.shape)
+        if modality == "atac":
+            # peaks are many and sparse: sample where counts fall, a few hundred cells at a time
+            step = max(1, SAMPLE_ENTRIES // len(self.peaks))
+            return sp.vstack([sparse_negative_binomial(rng, self._means(modality, z[s : s + step], batch[s : s + step],
+                                                                        lib[s : s + step]), ATAC_THETA)
+                              for s in range(0, n, step)], format="csr")
+        mu = self._means(modality, z, batch, lib)
+        theta = np.broadcast_to(self.gene_theta if modality == "rna" else self.protein_theta, mu.shape)
         counts = rng.poisson(rng.standard_gamma(theta, dtype=np.float32) * (mu / theta)).astype(np.float32)
         if modality == "rna":
             counts[rng.random(counts.shape, dtype=np.float32) < self.gene_dropout] = 0
             return sp.csr_matrix(counts)
-        if modality == "adt":
-            return counts + rng.poisson(np.broadcast_to(self.protein_background, counts.shape)).astype(np.float32)
-        return sp.csr_matrix(counts)
+        return counts + rng.poisson(np.broadcast_to(self.protein_background, counts.shape)).astype(np.float32)
 
     def obs(self, modality: str) -> pd.DataFrame:
         """Cell metadata of ``modality``: ``cell_type``, ``lineage``, ``batch``, ``pair_id`` (index: cell ids)."""
