@@ -315,6 +315,12 @@ def test_label_transfer_equals_sklearn(cite):
         top = set(values[counts == counts.max()])
         expected.append(next(v for v in row if v in top))
     assert abs(voted - np.mean(np.array(expected) == labels[mod == "adt"])) < 1e-12
+    # a query cap scores a random subset of each direction's queries against the whole reference
+    capped = label_transfer(X, labels, mod, k=1, max_cells=50, seed=4)["adt->rna"]["1nn"]
+    rna_rows = np.flatnonzero(mod == "rna")
+    picked = np.sort(np.random.default_rng(4).choice(rna_rows, size=50, replace=False))
+    clf = KNeighborsClassifier(n_neighbors=1).fit(X[mod == "adt"], labels[mod == "adt"])
+    assert abs(capped - clf.score(X[picked], labels[picked])) < 1e-12
 
 
 def test_mixing_metric_equals_dense_loop(cite):
@@ -368,6 +374,29 @@ def test_suite_independent_of_chunk_size_and_scheduler(pbmc):
             assert value == pytest.approx(whole.metrics[group][name], abs=1e-12, nan_ok=True), (group, name)
     assert set(small.metrics) == {"bio", "batch"}
     assert 0 < small.aggregate["overall"] < 1
+
+
+def test_leiden_and_kbet_on_a_capped_subset_use_the_subsets_own_graph(pbmc):
+    """Above ``subgraph_max_cells``, Leiden and kBET score a random subset on its own kNN graph (the rest on all)."""
+    labels, batch, X = pbmc["labels"], pbmc["batch"], pbmc["shifted"]
+    obs = pd.DataFrame({"cell_type": labels, "batch": batch})
+    settings = EvalSettings(subgraph_max_cells=400, leiden_resolutions=(0.5, 1.0), scheduler="synchronous", seed=3)
+    capped = evaluate_embedding(X, obs, label_key="cell_type", batch_key="batch", settings=settings)
+    rows = np.sort(np.random.default_rng(3).choice(len(X), size=400, replace=False))
+    sub = build_graph(X[rows], 50)
+    clusterings = leiden_grid(sub, (0.5, 1.0))
+    assert capped.details["leiden_kbet_cells"] == 400
+    assert capped.metrics["bio"]["nmi_leiden"] == nmi_ari_leiden(clusterings, labels[rows])["nmi"]
+    assert capped.metrics["batch"]["kbet"] == kbet_per_label(sub, batch[rows], labels[rows], 50)
+    full = evaluate_embedding(X, obs, label_key="cell_type", batch_key="batch",
+                              settings=EvalSettings(leiden_resolutions=(0.5, 1.0), scheduler="synchronous", seed=3))
+    assert full.details["leiden_kbet_cells"] == len(X) and "knn graph of the subset" not in full.seconds
+    for metric in ("silhouette_label", "clisi", "nmi_kmeans"):  # the other metrics still see every cell
+        assert capped.metrics["bio"][metric] == full.metrics["bio"][metric]
+    # an isolated label with no cell in the clustered subset is skipped, not mis-indexed
+    iso = isolated_label_f1(clusterings, labels[rows], ["Dendritic", "not in the subset"])
+    assert iso == isolated_label_f1(clusterings, labels[rows], ["Dendritic"])
+    assert np.isnan(isolated_label_f1(clusterings, labels[rows], ["not in the subset"]))
 
 
 def test_suite_on_paired_modalities(cite):

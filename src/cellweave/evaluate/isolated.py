@@ -28,10 +28,15 @@ def isolated_labels(labels: np.ndarray | pd.Series, batches: np.ndarray | pd.Ser
 
 
 def isolated_label_f1(clusterings: dict[float, np.ndarray], labels: np.ndarray | pd.Series, isolated: list) -> float:
-    """Mean over isolated labels of the best one-cluster F1 over all clusterings; NaN without isolated labels."""
+    """Mean over isolated labels of the best one-cluster F1 over all clusterings.
+
+    Isolated labels without a cell among ``labels`` (the clustered cells may be a subset) are skipped; NaN when
+    none is left.
+    """
+    codes, names = pd.factorize(np.asarray(labels), sort=True)
+    isolated = [v for v in isolated if v in set(names)]
     if not isolated or not clusterings:
         return float("nan")
-    codes, names = pd.factorize(np.asarray(labels), sort=True)
     wanted = np.searchsorted(names, np.asarray(isolated, dtype=names.dtype))
     label_size = np.bincount(codes, minlength=len(names))
     best = np.zeros(len(wanted))

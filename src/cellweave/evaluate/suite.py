@@ -51,6 +51,12 @@ class EvalSettings:
         Pairs scored by FOSCTTM and pair distance (each against all cells); above it a random subset.
     mixing_max_cells
         Cell subset of the mixing metric (scMODAL: 50,000).
+    transfer_max_cells
+        Query cells per direction of label transfer; above it a random subset (unbiased mean).
+    subgraph_max_cells
+        Leiden (NMI/ARI, isolated-label F1) and kBET, whose cost grows faster than linearly with the cells (a
+        Leiden run per resolution, a diffusion map and a neighbour search per label), run on the kNN graph of a
+        random subset of at most this many cells when there are more; ``None``: on every cell.
     transfer_k
         Neighbours of the label-transfer vote.
     kbet_alpha
@@ -70,8 +76,10 @@ class EvalSettings:
     cluster_neighbors: int = 15
     leiden_resolutions: tuple[float, ...] = LEIDEN_RESOLUTIONS
     silhouette_max_cells: int | None = 100_000
-    foscttm_max_pairs: int | None = 100_000
+    foscttm_max_pairs: int | None = 50_000
     mixing_max_cells: int | None = 50_000
+    subgraph_max_cells: int | None = 150_000
+    transfer_max_cells: int | None = 100_000
     transfer_k: int = 20
     kbet_alpha: float = 0.05
     chunk_size: int | None = None
@@ -275,7 +283,8 @@ def evaluate_embedding(
                                  "give each cell of a modality its own pair id")
 
     covariates = {k: v for k, v in (("batch", batch), ("modality", modality)) if v is not None}
-    run = _Run(name, 7 + bool(covariates) + 2 * len(covariates) + (3 if modality is not None else 0), progress)
+    subset = s.subgraph_max_cells is not None and X.shape[0] > s.subgraph_max_cells
+    run = _Run(name, 7 + subset + bool(covariates) + 2 * len(covariates) + (3 if modality is not None else 0), progress)
     n_labels = len(pd.unique(labels))
     if n_labels < 2:
         run.undefined(f"{name}: a single label in obs['{label_key}']: label silhouette, NMI/ARI, cLISI and isolated "
@@ -301,16 +310,23 @@ def evaluate_embedding(
         bio["clisi"] = run.step("clisi", lambda: clisi(graph, labels, k_lisi, chunk_size=s.chunk_size))
         km = run.step("kmeans", lambda: nmi_ari_kmeans(X, labels, seed=s.seed))
         bio["nmi_kmeans"], bio["ari_kmeans"] = km["nmi"], km["ari"]
-        clusterings = run.step("leiden", lambda: leiden_grid(graph, s.leiden_resolutions, n_neighbors=k_cluster,
+        sub, sub_rows = graph, None  # Leiden and kBET: every cell, or a random subset with its own graph
+        if subset:
+            sub_rows = np.sort(np.random.default_rng(s.seed).choice(X.shape[0], size=s.subgraph_max_cells, replace=False))
+            sub = run.step("knn graph of the subset", lambda: build_graph(X[sub_rows], max(k_kbet, k_cluster),
+                                                                            backend=s.backend))
+        details["leiden_kbet_cells"] = int(sub.n_cells)
+        sub_labels = labels if sub_rows is None else labels[sub_rows]
+        clusterings = run.step("leiden", lambda: leiden_grid(sub, s.leiden_resolutions, n_neighbors=k_cluster,
                                                                       n_jobs=s.n_workers))
-        ld = nmi_ari_leiden(clusterings, labels)
+        ld = nmi_ari_leiden(clusterings, sub_labels)
         bio["nmi_leiden"], bio["ari_leiden"] = ld["nmi"], ld["ari"]
         details["leiden_resolution"] = ld["resolution"]
         iso_key = "batch" if batch is not None else ("modality" if modality is not None else None)
         isolated = isolated_labels(labels, covariates[iso_key]) if iso_key and n_labels > 1 else []
         details["isolated_labels"] = isolated
         if isolated:
-            bio["isolated_label_f1"] = run.step("isolated f1", lambda: isolated_label_f1(clusterings, labels, isolated))
+            bio["isolated_label_f1"] = run.step("isolated f1", lambda: isolated_label_f1(clusterings, sub_labels, isolated))
             bio["isolated_label_silhouette"] = isolated_label_silhouette(sil, isolated)
         else:
             why = "no batch or modality key" if iso_key is None else f"a single {iso_key} or a single label"
@@ -320,7 +336,8 @@ def evaluate_embedding(
 
         kbets = {}
         if covariates:  # the covariates share each label's diffusion map
-            kbets = run.step("kbet", lambda: kbet_per_label(graph, covariates, labels, k_kbet, alpha=s.kbet_alpha))
+            sub_covariates = {k: v if sub_rows is None else v[sub_rows] for k, v in covariates.items()}
+            kbets = run.step("kbet", lambda: kbet_per_label(sub, sub_covariates, sub_labels, k_kbet, alpha=s.kbet_alpha))
         for key, values in covariates.items():
             group = metrics[key]
             group["silhouette"] = silhouette_within(sil, key)
@@ -338,7 +355,8 @@ def evaluate_embedding(
         if modality is not None and len(pd.unique(modality)) > 1:
             match = metrics["matching"]
             transfer = run.step("label transfer", lambda: label_transfer(X, labels, modality, s.transfer_k,
-                                                                         backend=s.backend, chunk_size=s.chunk_size))
+                                                                         backend=s.backend, chunk_size=s.chunk_size,
+                                                                         max_cells=s.transfer_max_cells, seed=s.seed))
             details["label_transfer"] = transfer
             match["label_transfer_1nn"] = float(np.mean([v["1nn"] for v in transfer.values()]))
             match["label_transfer_knn"] = float(np.mean([v["knn"] for v in transfer.values()]))
