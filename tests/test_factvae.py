@@ -87,21 +87,26 @@ def spearman_baseline(atlas: dict, table: pd.DataFrame) -> np.ndarray:
     return (ranks(R)[:, g] * ranks(A)[:, p]).mean(0)
 
 
-def held_out_aurocs(model: FactVAE, atlas: dict) -> tuple[float, float]:
-    """AUROC of FactVAE's scores and of the Spearman baseline against the simulator's true links, over the candidate
-    pairs that were not given as prior (the prior pairs are trained to cosine 1, so only held-out pairs test inference)."""
+def held_out_aurocs(model: FactVAE, atlas: dict) -> dict[str, float]:
+    """AUROC of FactVAE's scores (shared and decoder coordinates) and of the Spearman baseline against the simulator's
+    true links, over the candidate pairs that were not given as prior (the prior pairs are trained to cosine 1, so
+    only held-out pairs test inference)."""
     truth = pd.read_csv(atlas["gene_peak_links"], sep="\t")[["gene", "peak", "true"]]
-    scores = model.link_scores(n_background=2000).merge(truth, on=["gene", "peak"])
-    held = scores[~scores["prior"]]
-    return roc_auc_score(held["true"], held["score"]), roc_auc_score(held["true"], spearman_baseline(atlas, held))
+    out = {}
+    for coordinates in ("shared", "decoder"):
+        scores = model.link_scores(n_background=2000, coordinates=coordinates).merge(truth, on=["gene", "peak"])
+        held = scores[~scores["prior"]]
+        out[coordinates] = roc_auc_score(held["true"], held["score"])
+    out["spearman"] = roc_auc_score(held["true"], spearman_baseline(atlas, held))
+    return out
 
 
 def test_links_start_to_recover_held_out_true_pairs(trained, atlas):
     """A short run already ranks held-out true links above chance (the slow test trains to AUROC > 0.7)."""
     model, _, _ = trained
-    factvae, spearman = held_out_aurocs(model, atlas)
-    print(f"held-out AUROC after {FAST_STEPS} steps: FactVAE {factvae:.3f}, Spearman {spearman:.3f}")
-    assert factvae > 0.57
+    auroc = held_out_aurocs(model, atlas)
+    print(f"held-out AUROC after {FAST_STEPS} steps: {auroc}")
+    assert auroc["shared"] > 0.57
 
 
 REGIMES = {"default": {}, "harder": {"chromatin_share": 0.5, "coaccess": 0.5}}
@@ -118,23 +123,24 @@ def long_runs(tmp_path_factory) -> dict[str, tuple[float, float]]:
         model = FactVAE({"rna": atlas["rna"], "atac": atlas["atac"]}, links=atlas["gene_peak_links"], config=SMALL, seed=0)
         model.fit(SLOW_STEPS, progress=False)
         out[name] = held_out_aurocs(model, atlas)
-        print(f"{name}: held-out AUROC after {SLOW_STEPS} steps: FactVAE {out[name][0]:.3f}, Spearman {out[name][1]:.3f}")
+        print(f"{name}: held-out AUROC after {SLOW_STEPS} steps: {out[name]}")
     return out
 
 
 @pytest.mark.slow
 def test_links_recover_true_pairs_after_longer_training(long_runs):
-    assert long_runs["default"][0] > 0.7
-    assert long_runs["harder"][0] > 0.6
+    assert long_runs["default"]["shared"] > 0.7
+    assert long_runs["harder"]["shared"] > 0.6
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 6 requirement not met: on this simulator FactVAE's held-out AUROC was "
-                   "measured below the Spearman baseline (default 0.81 vs 0.84, harder 0.67 vs 0.78 at 3000 steps)")
 @pytest.mark.parametrize("regime", list(REGIMES))
 def test_links_beat_a_spearman_baseline(long_runs, regime):
-    factvae, spearman = long_runs[regime]
-    assert factvae > spearman
+    """In shared latent coordinates FactVAE beats Spearman; the paper's raw decoder cosines did not (measured 0.81 vs
+    0.84 default, 0.67 vs 0.78 harder), so the mapping is what carries the result."""
+    auroc = long_runs[regime]
+    assert auroc["shared"] > auroc["spearman"]
+    assert auroc["shared"] > auroc["decoder"]
 
 
 # ---------------------------------------------------------------- the simulator's regulatory truth

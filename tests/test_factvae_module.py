@@ -15,7 +15,7 @@ from sklearn.metrics.pairwise import cosine_similarity
 from cellweave import InputError
 from cellweave.data import CellBatch, InMemorySource, PairedStream, open_modality, write_zarr
 from cellweave.losses import regulatory_prior_loss, similarity_structure_loss
-from cellweave.models.factvae_links import link_scores
+from cellweave.models.factvae_links import LatentMoments, latent_map, link_scores
 from cellweave.models.factvae_module import FactVAEModule
 from cellweave.train import StepContext, Trainer
 
@@ -267,3 +267,27 @@ def test_bad_inputs_raise(sim):
     bad = {"rna": counts_batch("rna", sim["rna"][:5, :10]), "atac": counts_batch("atac", sim["atac"][:5])}
     with pytest.raises(InputError, match="columns"):
         module.training_step(bad, cpu_ctx(module))
+
+
+def test_latent_map_equals_least_squares_and_aligns_decoders():
+    """The streamed RNA -> ATAC latent map is sklearn's least-squares fit; with it, a peak whose logit follows a
+    gene's has the gene's direction even when the ATAC latent space is a rotated, rescaled copy of the RNA one."""
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(0)
+    z_rna = rng.normal(size=(3000, 6)) * np.linspace(0.5, 2.0, 6) + 1.0
+    mix = np.linalg.qr(rng.normal(size=(6, 6)))[0] * rng.uniform(0.5, 2.0, 6)
+    z_atac = z_rna @ mix + 0.05 * rng.normal(size=(3000, 6)) - 2.0
+    moments = LatentMoments(6)
+    for start in range(0, 3000, 700):  # streamed in minibatches
+        moments.add(z_rna[start:start + 700], z_atac[start:start + 700])
+    reference = LinearRegression().fit(z_rna, z_atac).coef_.T
+    np.testing.assert_allclose(latent_map(moments, ridge=0.0), reference, atol=1e-9)
+    S = latent_map(moments)  # the default ridge barely moves a well-posed fit
+    np.testing.assert_allclose(S, reference, atol=1e-4)
+    gene = rng.normal(size=6)
+    peak = np.linalg.solve(mix, gene)  # z_atac . peak = z_rna . gene (up to noise): a true link
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
+    assert cos(gene, S @ peak) > 0.999 and cos(gene, peak) < 0.95
+    with pytest.raises(InputError, match="paired cells"):
+        latent_map(LatentMoments(6))

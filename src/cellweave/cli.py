@@ -159,7 +159,7 @@ def _cmd_links(args: argparse.Namespace) -> None:
 
     out = check_output_path(args.out, args.overwrite)
     model = FactVAE.from_run(args.run, device=args.device)
-    table = model.link_scores(args.candidates, n_background=args.n_background)
+    table = model.link_scores(args.candidates, n_background=args.n_background, coordinates=args.coordinates)
     atomic_write_bytes(out, table.sort_values("score", ascending=False).to_csv(sep="\t", index=False).encode())
     print(f"scored {len(table)} gene-peak pairs ({int((table['qvalue'] < 0.05).sum())} with q < 0.05); wrote {out}")
 
@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", required=True, help="TSV to write: gene, peak, score, pvalue, qvalue, prior")
     k.add_argument("--candidates", help="TSV of the pairs to score (columns gene, peak); default: the run's candidates")
     k.add_argument("--n-background", type=int, help="shuffled pairs in the background (default: the run's setting)")
+    k.add_argument("--coordinates", choices=["shared", "decoder"], default="shared",
+                   help="'shared' (default): peak embeddings mapped into RNA latent coordinates over paired cells first; "
+                        "'decoder': the raw decoder embeddings, as the FactVAE paper")
     k.add_argument("--device", default="cpu")
     k.add_argument("--overwrite", action="store_true")
     k.set_defaults(func=_cmd_links)

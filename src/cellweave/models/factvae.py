@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..reduce import ReducedPairedStream, Reduction
 from ..train.trainer import TrainResult
 from .base import EMBED_BATCH, EMBEDDING_KEY, IntegrationModel
-from .factvae_links import link_scores
+from .factvae_links import LatentMoments, latent_map, link_scores
 from .factvae_module import FactVAEModule, FactVAEWeights
 from .factvae_pairs import index_pairs, read_pair_table, window_pairs
 from .config import config_from_dict
@@ -40,6 +40,7 @@ JOINT = "joint.zarr"
 DENOISED = "denoised"
 #: values per chunk of the augmented ATAC (bounds its memory whatever the number of peaks)
 DENOISE_CHUNK_VALUES = 1 << 24
+LATENT_MAP_CELLS = 50_000  # paired cells behind the RNA -> ATAC latent map of the link scores
 ENCODER_INPUTS = ("counts", "reduced")
 
 
@@ -322,8 +323,25 @@ class FactVAE(IntegrationModel):
         module.train()
         return path
 
+    @torch.no_grad()
+    def latent_map(self, max_cells: int = LATENT_MAP_CELLS) -> np.ndarray:
+        """The least-squares map ``S`` from RNA to ATAC latent coordinates (``z_atac ~ z_rna S``), fitted on the
+        posterior means of up to ``max_cells`` random paired cells (one streamed pass, stopped early)."""
+        module = self._require_module().to(self.device).eval()
+        moments = LatentMoments(self.config.n_latent)
+        try:
+            for step in self._paired_stream(EMBED_BATCH, shuffle=True, drop_last=False, rank=0, world_size=1):
+                step = {k: b.to(self.device) for k, b in step.items()}
+                z = [module.embed(m, step)[EMBEDDING_KEY].float().cpu().numpy() for m in (self.rna, self.atac)]
+                moments.add(*z)
+                if moments.n >= max_cells:
+                    break
+        finally:
+            module.train()
+        return latent_map(moments)
+
     def link_scores(self, candidates: pd.DataFrame | str | os.PathLike | None = None, n_background: int | None = None,
-                    seed: int | None = None) -> pd.DataFrame:
+                    seed: int | None = None, coordinates: str = "shared") -> pd.DataFrame:
         """Gene-peak link scores: cosine of the genes' and peaks' feature embeddings (the decoders' mean factors),
         with an empirical p-value against shuffled candidate pairs and Benjamini-Hochberg q-values.
 
@@ -335,12 +353,19 @@ class FactVAE(IntegrationModel):
             Shuffled pairs in the background (default ``config.n_background``).
         seed
             Seed of the shuffling (default: the model's seed).
+        coordinates
+            ``"shared"`` (default): peak embeddings mapped into the RNA latent coordinates first
+            (:meth:`latent_map`; the two decoders read different cell embeddings); ``"decoder"``: the raw
+            embeddings as the paper compares them. On the simulator's held-out links (tests/test_factvae.py),
+            ``shared`` ranks true links above a Spearman baseline where ``decoder`` does not.
 
         Returns
         -------
         pandas.DataFrame
             ``gene, peak, score, pvalue, qvalue, prior``, in the candidates' order.
         """
+        if coordinates not in ("shared", "decoder"):
+            raise InputError("link_scores", "coordinates", f"unknown value {coordinates!r}", "use 'shared' or 'decoder'")
         module = self._require_module()
         genes, peaks = self.features[self.rna], self.features[self.atac]
         table = self.pairs if candidates is None else read_pair_table(candidates)
@@ -348,7 +373,10 @@ class FactVAE(IntegrationModel):
         if len(idx) == 0:
             raise InputError("link_scores", "candidates", "no candidate pair has a modelled gene and peak",
                              "score pairs of model.features[model.rna] and model.features[model.atac]")
-        scores = link_scores(*module.feature_embeddings(), idx, n_background or self.config.n_background,
+        gene_emb, peak_emb = module.feature_embeddings()
+        if coordinates == "shared":
+            peak_emb = peak_emb @ self.latent_map().T  # z_atac . w = z_rna . (S w)
+        scores = link_scores(gene_emb, peak_emb, idx, n_background or self.config.n_background,
                              self.seed if seed is None else seed, gene_names=genes, peak_names=peaks)
         known = pd.MultiIndex.from_frame(self.pairs.loc[self.pairs["prior"].to_numpy(dtype=bool), ["gene", "peak"]])
         scores["prior"] = pd.MultiIndex.from_frame(table[["gene", "peak"]]).isin(known)

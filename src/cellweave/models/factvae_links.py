@@ -1,6 +1,11 @@
 """Gene-peak link scores from feature embeddings, with significance against shuffled pairs (FactVAE, after scGLUE).
 
-The score of a candidate pair is the cosine of the gene's and the peak's embeddings. Its p-value is
+The score of a candidate pair is the cosine of the gene's and the peak's embeddings. The two decoders read
+different cell embeddings (the RNA and the ATAC encoder's), so a gene's and a peak's embedding are only
+comparable once expressed in one coordinate system: :func:`latent_map` fits, by least squares over paired
+cells, the linear map from RNA latent coordinates to ATAC ones, ``z_atac ~ z_rna S``; the peak's logit
+``z_atac . w_p`` is then ``z_rna . (S w_p)``, so ``S w_p`` is the peak's embedding in RNA coordinates (the paper
+compares the raw embeddings, which agree only as far as the prior pairs tie the two spaces together). Its p-value is
 empirical: the fraction of a background of cosines of *shuffled* pairs (the candidates' genes matched with
 randomly drawn candidates' peaks, so the background has the same genes and peaks as the candidates, in
 random combinations) at least as large, ``(1 + #{background >= score}) / (1 + n_background)``. Q-values are
@@ -37,6 +42,47 @@ def pair_cosines(gene_unit: np.ndarray, peak_unit: np.ndarray, genes: np.ndarray
         sl = slice(start, start + BLOCK)
         out[sl] = np.einsum("ij,ij->i", gene_unit[genes[sl]], peak_unit[peaks[sl]])
     return out
+
+
+class LatentMoments:
+    """Streamed sums over paired cells of ``z_rna`` and ``z_atac`` posterior means, for :func:`latent_map`."""
+
+    def __init__(self, n_latent: int) -> None:
+        self.n = 0
+        self.sum_rna = np.zeros(n_latent)
+        self.sum_atac = np.zeros(n_latent)
+        self.rna_rna = np.zeros((n_latent, n_latent))
+        self.rna_atac = np.zeros((n_latent, n_latent))
+
+    def add(self, z_rna: np.ndarray, z_atac: np.ndarray) -> None:
+        """Add the cells of one paired minibatch (rows of both arrays are the same cells)."""
+        z_rna, z_atac = np.asarray(z_rna, dtype=np.float64), np.asarray(z_atac, dtype=np.float64)
+        self.n += len(z_rna)
+        self.sum_rna += z_rna.sum(0)
+        self.sum_atac += z_atac.sum(0)
+        self.rna_rna += z_rna.T @ z_rna
+        self.rna_atac += z_rna.T @ z_atac
+
+
+def latent_map(moments: LatentMoments, ridge: float = 1e-6) -> np.ndarray:
+    """The least-squares map ``S`` ``(d, d)`` with ``z_atac - mean ~ (z_rna - mean) S`` over the cells seen.
+
+    A small ridge (relative to the mean variance) keeps the solve defined when a latent dimension is unused.
+
+    Raises
+    ------
+    InputError
+        With fewer cells than latent dimensions.
+    """
+    d = len(moments.sum_rna)
+    if moments.n <= d:
+        raise InputError("link_scores", "cells", f"{moments.n} paired cells for a {d}-dim latent map",
+                         f"score links of a model with more than {d} paired cells")
+    mean_r, mean_a = moments.sum_rna / moments.n, moments.sum_atac / moments.n
+    cov_rr = moments.rna_rna / moments.n - np.outer(mean_r, mean_r)
+    cov_ra = moments.rna_atac / moments.n - np.outer(mean_r, mean_a)
+    cov_rr += np.eye(d) * ridge * max(np.trace(cov_rr) / d, 1e-12)
+    return np.linalg.solve(cov_rr, cov_ra)
 
 
 def link_scores(gene_emb: np.ndarray, peak_emb: np.ndarray, pairs: np.ndarray, n_background: int = 100_000,
