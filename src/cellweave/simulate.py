@@ -18,6 +18,8 @@ Generative model
   links harder to see as marginal correlations: ``chromatin_share < 1`` mixes an expression-only program
   into each gene (regulation explains only part of its expression), and ``coaccess > 0`` adds a chromatin
   domain shared by all the peaks of a gene's locus (co-accessibility of linked and unlinked neighbours).
+  Counts are negative binomial (inverse dispersion 5) around the capped softmax times a log-normal library,
+  drawn only where they fall (:func:`sparse_negative_binomial`).
 
 Unpaired atlases measure *twins*: each modality has its own cell ids (``<modality>_<i>``) but twin ``i`` has
 the same latent state in every modality, so ``pair_id`` is ground truth for matching metrics. Paired atlases
