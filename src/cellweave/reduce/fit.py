@@ -30,6 +30,7 @@ from .reduction import InputTransform, Reduction, _to_torch
 
 CHUNK = 8192
 EXACT_MAX_FEATURES = 4096
+DENSE_GRAM_VALUES = 1 << 23  # chunk values densified at once by the exact Gram pass (64 MiB float64)
 OVERSAMPLES = 10
 N_ITER = 4
 
@@ -63,11 +64,20 @@ def _moments(chunks: Iterator[Prepared], d: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _exact(chunks: Iterator[Prepared], d: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gram matrix ``A^T A`` and column sums in one pass."""
+    """Gram matrix ``A^T A`` and column sums in one pass.
+
+    Sparse chunks are densified (float64) a few rows at a time: with at most a few thousand features the BLAS
+    product is several times faster than scipy's sparse one and accumulates in float64.
+    """
     G, s = np.zeros((d, d)), np.zeros(d)
+    rows = max(1, DENSE_GRAM_VALUES // max(d, 1))
     for M in chunks:
-        G += (M.T @ M).toarray() if sp.issparse(M) else M.T @ M
-        s += np.asarray(M.sum(0)).ravel()
+        for start in range(0, M.shape[0], rows):
+            B = M[start : start + rows]
+            B = B.toarray() if sp.issparse(B) else B
+            B = np.asarray(B, dtype=np.float64)
+            G += B.T @ B
+            s += B.sum(0)
     return G, s
 
 
