@@ -27,6 +27,13 @@ def row_chunk(n_rows: int, chunk_size: int | None) -> int:
     return max(1, min(int(chunk_size or DEFAULT_CHUNK), max(int(n_rows), 1)))
 
 
+def subset_rows(n_rows: int, max_rows: int | None, seed: int) -> np.ndarray:
+    """Sorted rows of a random subset of ``max_rows`` of ``n_rows`` rows; every row when uncapped or fewer."""
+    if max_rows is None or n_rows <= max_rows:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=int(max_rows), replace=False))
+
+
 def _client() -> Any:
     """The distributed client when it is the active scheduler, else ``None``."""
     owner = getattr(dask.base.get_scheduler(), "__self__", None)

@@ -34,7 +34,8 @@ def isolated_label_f1(clusterings: dict[float, np.ndarray], labels: np.ndarray |
     none is left.
     """
     codes, names = pd.factorize(np.asarray(labels), sort=True)
-    isolated = [v for v in isolated if v in set(names)]
+    present = set(names)
+    isolated = [v for v in isolated if v in present]
     if not isolated or not clusterings:
         return float("nan")
     wanted = np.searchsorted(names, np.asarray(isolated, dtype=names.dtype))

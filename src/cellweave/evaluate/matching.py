@@ -21,7 +21,7 @@ from itertools import combinations, permutations
 import numpy as np
 import pandas as pd
 
-from .compute import map_rows
+from .compute import map_rows, subset_rows
 from .pairwise import ROW_TILE, centered, closer_than_partner, column_blocks, dot_tile, sq_norms
 
 
@@ -83,8 +83,7 @@ def label_transfer(
     out = {}
     for a, b in permutations(sorted(pd.unique(modality)), 2):
         ref, qry = modality == a, np.flatnonzero(modality == b)
-        if max_cells is not None and len(qry) > max_cells:
-            qry = np.sort(np.random.default_rng(seed).choice(qry, size=int(max_cells), replace=False))
+        qry = qry[subset_rows(len(qry), max_cells, seed)]
         kk = min(k, int(ref.sum()))
         _, idx = knn(np.ascontiguousarray(X[ref]), kk, query=np.ascontiguousarray(X[qry]), backend=backend)
         idx = np.asarray(idx)
@@ -176,9 +175,7 @@ def foscttm(
         if n < 2:
             continue
         A, B = np.ascontiguousarray(Xc[rows_a]), np.ascontiguousarray(Xc[rows_b])
-        scored = np.arange(n)
-        if max_pairs is not None and n > max_pairs:
-            scored = np.sort(np.random.default_rng(seed).choice(n, size=int(max_pairs), replace=False))
+        scored = subset_rows(n, max_pairs, seed)
         ab = map_rows(_closer_block, [A[scored], scored], (B, sq_norms(B)), chunk_size=chunk_size, n_out=3)
         ba = map_rows(_closer_block, [B[scored], scored], (A, sq_norms(A)), chunk_size=chunk_size, n_out=3)
         fractions = (ab[:, 0] + ba[:, 0]) / (2 * (n - 1))
@@ -235,9 +232,7 @@ def mixing_metric(
 
     modality = np.asarray(modality).astype(str)
     n = len(modality)
-    rows = np.arange(n)
-    if max_cells is not None and n > max_cells:
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=int(max_cells), replace=False))
+    rows = subset_rows(n, max_cells, seed)
     codes, names = pd.factorize(modality[rows], sort=True)
     n_others = min(max_k, len(rows)) - 1
     _, idx = knn_graph(np.ascontiguousarray(X[rows]), n_others, backend=backend)

@@ -16,6 +16,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .compute import subset_rows
+
 UMAP_MAX_CELLS = 50_000
 MAX_LEGEND = 30
 
@@ -33,7 +35,7 @@ def umap_coordinates(X: np.ndarray, *, max_cells: int = UMAP_MAX_CELLS, seed: in
         import umap
 
     n = X.shape[0]
-    rows = np.arange(n) if n <= max_cells else np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
+    rows = subset_rows(n, max_cells, seed)
     reducer = umap.UMAP(n_neighbors=min(15, len(rows) - 1), min_dist=0.3, random_state=seed, n_jobs=1)
     return rows, np.asarray(reducer.fit_transform(np.asarray(X[rows], dtype=np.float32)))
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .compute import map_rows, row_chunk
+from .compute import map_rows, row_chunk, subset_rows
 from .pairwise import ROW_TILE, centered, column_blocks, dot_tile, group_distance_sums, runs, sq_norms
 
 SUMS_BUDGET = 1 << 24  # float64 per-group sums held per block (rows x fine groups): 128 MiB
@@ -132,10 +132,7 @@ def silhouette_samples(
         M[np.arange(F), combo_of_fine] = 1.0
         combos.append((M, M.T @ fine_count, combo_ids // dims[j + 1]))
 
-    if max_cells is not None and n > max_cells:
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=int(max_cells), replace=False))
-    else:
-        rows = np.arange(n)
+    rows = subset_rows(n, max_cells, seed)
     block = max(1, min(row_chunk(len(rows), chunk_size), SUMS_BUDGET // max(F, 1)))
 
     result = map_rows(

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from .aggregate import aggregate
 from .clustering import LEIDEN_RESOLUTIONS, leiden_grid, nmi_ari_kmeans, nmi_ari_leiden
-from .compute import dask_scheduler
+from .compute import dask_scheduler, subset_rows
 from .connectivity import graph_connectivity
 from .graph import KnnGraph, build_graph
 from .isolated import isolated_label_f1, isolated_label_silhouette, isolated_labels
@@ -312,7 +312,7 @@ def evaluate_embedding(
         bio["nmi_kmeans"], bio["ari_kmeans"] = km["nmi"], km["ari"]
         sub, sub_rows = graph, None  # Leiden and kBET: every cell, or a random subset with its own graph
         if subset:
-            sub_rows = np.sort(np.random.default_rng(s.seed).choice(X.shape[0], size=s.subgraph_max_cells, replace=False))
+            sub_rows = subset_rows(X.shape[0], s.subgraph_max_cells, s.seed)
             sub = run.step("knn graph of the subset", lambda: build_graph(X[sub_rows], max(k_kbet, k_cluster),
                                                                             backend=s.backend))
         details["leiden_kbet_cells"] = int(sub.n_cells)
