@@ -11,7 +11,7 @@ from sklearn.decomposition import PCA, TruncatedSVD
 
 from cellweave.data import InMemorySource, Preprocess, open_modality, write_zarr
 from cellweave.errors import InputError
-from cellweave.reduce import ReducedPairedStream, Reduction, fit_lsi, fit_pca, load_or_fit
+from cellweave.reduce import ReducedPairedStream, Reduction, fit_lsi, fit_pca, load_or_fit, reduced_store
 
 N_CELLS, N_GENES, N_PEAKS, RANK = 900, 150, 400, 4
 
@@ -189,6 +189,42 @@ def test_reduced_paired_stream_keeps_raw_counts_and_adds_reduced_cells(data):
         np.testing.assert_allclose(step["atac"].library_size.numpy(), X["atac"][rows].sum(1))
         seen += len(rows)
     assert seen == N_CELLS
+
+
+def test_reduced_cells_are_cached_beside_the_data_once_per_reduction(data):
+    X, stores = data
+    lsi = fit_lsi(stores["atac"], 4)
+    cached = reduced_store(stores["atac"], lsi, batch_size=128)  # chunks not aligned with the store's
+    assert cached.n_obs == N_CELLS and list(cached.var_names) == ["LSI2", "LSI3", "LSI4", "LSI5"]
+    assert cached.modality == "atac" and cached.kind == "normalized"
+    np.testing.assert_array_equal(cached.all_obs_names(), stores["atac"].all_obs_names())
+    np.testing.assert_array_equal(cached.obs_column("batch").astype(str), stores["atac"].obs_column("batch").astype(str))
+    np.testing.assert_allclose(cached.read_X([(0, N_CELLS)]), lsi.transform(X["atac"]), atol=1e-5)
+    made = cached.path
+    again = reduced_store(stores["atac"], lsi)
+    assert again.path == made and len(list(stores["atac"].stats_dir.glob("reduced/*"))) == 1  # read, not rewritten
+    other = fit_lsi(stores["atac"], 3)
+    assert reduced_store(stores["atac"], other).path != made  # another reduction never reads this cache
+
+
+def test_a_killed_cache_write_leaves_nothing_readable(data, monkeypatch):
+    X, stores = data
+    pca = fit_pca(stores["rna"], 2)
+    calls = []
+
+    def failing_transform(self, x, library_size=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stands for a kill between chunks
+        return original(self, x, library_size)
+
+    original = Reduction.transform
+    monkeypatch.setattr(Reduction, "transform", failing_transform)
+    with pytest.raises(KeyboardInterrupt):
+        reduced_store(stores["rna"], pca, batch_size=300)
+    assert not list(stores["rna"].stats_dir.glob("reduced/*pca*"))  # no partial cache, not even a temporary
+    monkeypatch.setattr(Reduction, "transform", original)
+    np.testing.assert_allclose(reduced_store(stores["rna"], pca).read_X([(0, N_CELLS)]), pca.transform(X["rna"]), rtol=1e-5, atol=1e-4)
 
 
 def test_bad_requests_are_refused(data):

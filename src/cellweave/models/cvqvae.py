@@ -1,5 +1,6 @@
-"""CVQVAE for notebook and CLI users: paired modalities (the same cells), streamed joined on cell id, reduced
-in the stream (PCA for RNA and protein, LSI for peaks), cross-trained with a shared EMA vector-quantisation codebook.
+"""CVQVAE for notebook and CLI users: paired modalities (the same cells), reduced once (PCA for RNA and protein,
+LSI for peaks; the reduced cells cached beside the data), streamed joined on cell id, cross-trained with a shared
+EMA vector-quantisation codebook.
 
 >>> model = CVQVAE({"rna": "rna.zarr", "atac": "atac.zarr"}, batch_key="batch")   # doctest: +SKIP
 >>> model.fit(max_steps=5_000, run_dir="run")                                      # doctest: +SKIP
@@ -17,8 +18,9 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
-from ..data import CellBatch, Preprocess
-from ..reduce import ReducedPairedStream, Reduction, raw_features
+from ..data import CellBatch, PairedStream, Preprocess, ZarrStore
+from ..reduce import Reduction, raw_features, reduced_store
+from ..train.distributed import on_rank_zero
 from ..train.trainer import TrainResult
 from .base import EMBEDDING_KEY, IntegrationModel
 from .cvqvae_module import CVQVAEModule, CVQVAEWeights
@@ -98,7 +100,7 @@ class CVQVAE(IntegrationModel):
     seed
         The one seed.
     progress
-        Show progress of the preprocessing passes.
+        Show progress of the preprocessing passes (reductions fitted, reduced cells cached).
     reductions
         Input reductions by modality (objects or saved directories) instead of those kept beside the data.
 
@@ -117,6 +119,7 @@ class CVQVAE(IntegrationModel):
         self.config = config if isinstance(config, CVQVAEConfig) else CVQVAEConfig.from_dict(config or {})
         self.kinds = {m: _kind(m, kinds) for m in self.stores}
         self.n_cells = check_paired(self.stores)
+        self.progress = progress
         self.batch_key = batch_key
         self.batches = batch_categories(self.stores, batch_key)
         c = self.config
@@ -139,10 +142,15 @@ class CVQVAE(IntegrationModel):
                             lr=c.lr, weight_decay=c.weight_decay)
 
     def train_stream(self) -> IterableDataset:
+        """Paired minibatches of the reduced cells, read from the caches beside the data (rank 0 writes them on
+        first use: one pass over the raw cells, after which a step reads ``n_components`` values per cell)."""
         size = min(self.config.batch_size, self.n_cells)
-        return ReducedPairedStream(list(self.stores.values()), {m: (r, m) for m, r in self.reductions.items()},
-                                   batch_size=size, batch_key=self.batch_key, seed=self.seed,
-                                   drop_last=self.n_cells >= self.config.batch_size)
+        paths = on_rank_zero(lambda: {m: str(reduced_store(self.stores[m], r, self.progress).path)
+                                      for m, r in self.reductions.items()})
+        as_stored = Preprocess(normalize=False, scale=False, max_value=None)
+        return PairedStream([ZarrStore(paths[m], modality=m) for m in self.stores], batch_size=size,
+                            preprocess={m: as_stored for m in self.stores}, batch_key=self.batch_key, seed=self.seed,
+                            drop_last=self.n_cells >= self.config.batch_size)
 
     def embed_batch(self, modality: str, batch: CellBatch) -> dict[str, torch.Tensor]:
         out = self._require_module().embed(modality, self.reductions[modality].reduce_batch(batch))

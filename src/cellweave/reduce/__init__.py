@@ -6,8 +6,9 @@
 >>> pca.save("rna.zarr/.cellweave/my_pca"); z = pca.transform(counts)     # doctest: +SKIP
 """
 
+from .cache import reduced_store
 from .fit import fit_lsi, fit_pca, load_or_fit
 from .reduction import InputTransform, Reduction
 from .stream import ReducedPairedStream, raw_features
 
-__all__ = ["InputTransform", "ReducedPairedStream", "Reduction", "fit_lsi", "fit_pca", "load_or_fit", "raw_features"]
+__all__ = ["InputTransform", "ReducedPairedStream", "Reduction", "fit_lsi", "fit_pca", "load_or_fit", "raw_features", "reduced_store"]
