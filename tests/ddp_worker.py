@@ -84,8 +84,11 @@ def main(out: str, cases_json: str, fit_args_json: str = "[]") -> int:
             result = make_trainer(case, target / "run").fit(module, make_stream(store, case))
             state = {k: v.detach().clone() for k, v in module.state_dict().items()}
             torch.save({"steps": module.steps, "state": state, "history": result.history}, target / f"rank{rank()}.pt")
-        fit_args = json.loads(fit_args_json)
-        return cellweave_main(fit_args) if fit_args else 0
+        for fit_args in json.loads(fit_args_json):  # `cellweave fit` commands, one after another
+            code = cellweave_main(fit_args)
+            if code:
+                return code
+        return 0
 
 
 if __name__ == "__main__":

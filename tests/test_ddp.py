@@ -1,6 +1,7 @@
 """DDP on CPU: two gloo processes started by torchrun. Every cell is covered once per epoch, training equals a
 single process fed the union of the ranks' batches, uneven cell counts do not hang, only rank 0 writes the run,
-and `cellweave fit` under torchrun embeds with every rank into one store.
+and `cellweave fit` under torchrun embeds with every rank into one store (scMODAL; CVQVAE, whose reduced
+inputs rank 0 caches once for both ranks).
 
 One torchrun start runs everything (tests/ddp_worker.py): a rank's imports take seconds on a loaded machine."""
 
@@ -22,7 +23,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from cellweave.data import open_modality, write_zarr
-from cellweave.models import SCMODAL, read_embedding
+from cellweave.models import CVQVAE, SCMODAL, read_embedding
 
 from .conftest import counts_source
 from .ddp_worker import make_module, make_stream, make_trainer
@@ -80,6 +81,21 @@ def fit_inputs(root: Path) -> dict[str, Path]:
     return paths
 
 
+CVQVAE_CONFIG = {"n_components": 5, "n_latent": 4, "hidden": [16], "n_codes": 16, "batch_size": 32}
+PAIRED_CELLS = {"rna": 30, "atac": 60}  # features of the paired stores (the same 149 cells)
+
+
+def paired_inputs(root: Path) -> dict[str, Path]:
+    """Paired RNA and ATAC stores of the same 149 cells and a small CVQVAE config."""
+    paths: dict[str, Path] = {m: write_zarr(counts_source(149, n, seed=2 + i, modality=m, density=0.3), root / f"paired_{m}.zarr")
+                              for i, (m, n) in enumerate(PAIRED_CELLS.items())}
+    paths["config"] = root / "cvqvae.toml"
+    paths["config"].write_text("[model]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in CVQVAE_CONFIG.items())
+                               + "[train]\nmax_steps = 6\n")
+    paths["out"] = root / "cvqvae"
+    return paths
+
+
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory) -> dict:
     """Each case trained by two ranks, per rank the rows of every step and the weights; then `cellweave fit`."""
@@ -93,11 +109,15 @@ def ddp_runs(tmp_path_factory) -> dict:
     fit = fit_inputs(root)
     fit_args = ["fit", "--modality", f"rna={fit['rna']}", "--modality", f"adt={fit['adt']}", "--links", str(fit["links"]),
                 "--config", str(fit["config"]), "--device", "cpu", "--checkpoint-every", "3", "--out", str(fit["out"])]
-    done = torchrun(str(ROOT / "tests" / "ddp_worker.py"), str(root), json.dumps(cases), json.dumps(fit_args))
+    paired = paired_inputs(root)
+    paired_args = ["fit", "--method", "cvqvae", *(a for m in PAIRED_CELLS for a in ("--modality", f"{m}={paired[m]}")),
+                   "--batch-key", "batch", "--config", str(paired["config"]), "--device", "cpu", "--out", str(paired["out"])]
+    done = torchrun(str(ROOT / "tests" / "ddp_worker.py"), str(root), json.dumps(cases),
+                    json.dumps([fit_args, paired_args]))
     runs = {c["name"]: {**c, "root": root / c["name"],
                         "ranks": [torch.load(root / c["name"] / f"rank{r}.pt", weights_only=True) for r in range(2)]}
             for c in cases}
-    return {**runs, "fit": {**fit, "stdout": done.stdout}}
+    return {**runs, "fit": {**fit, "stdout": done.stdout}, "paired": paired}
 
 
 def epochs(run: dict) -> list[list[int]]:
@@ -191,7 +211,8 @@ def test_only_rank_zero_writes_the_run(ddp_runs):
 def test_fit_embeds_with_every_rank_into_one_store(ddp_runs, tmp_path):
     fit = ddp_runs["fit"]
     out = fit["out"]
-    assert fit["stdout"].count("trained 6 steps") == 1, fit["stdout"]  # rank 0 reports
+    assert fit["stdout"].count("trained 6 steps in") == 2, fit["stdout"]  # rank 0 reports (scMODAL, then CVQVAE)
+    assert fit["stdout"].count(f"embeddings: {out}/embeddings") == 1, fit["stdout"]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.toml", "embeddings", "loss_curves.png",
                                                      "losses.csv"]
     assert sorted(p.name for p in (out / "embeddings").iterdir()) == ["adt.zarr", "rna.zarr"]  # no temporaries
@@ -205,3 +226,17 @@ def test_fit_embeds_with_every_rank_into_one_store(ddp_runs, tmp_path):
         assert ddp[m].shape == (n, 4) and np.isfinite(ddp[m]).all()
         assert (np.abs(ddp[m]).sum(1) > 0).all()  # every row written (unwritten rows read as zeros)
         np.testing.assert_allclose(ddp[m], single[m], rtol=1e-5, atol=1e-6)
+
+
+def test_cvqvae_under_torchrun_caches_reduced_cells_once_and_embeds_every_cell(ddp_runs, tmp_path):
+    paired = ddp_runs["paired"]
+    out = paired["out"]
+    assert (out / "checkpoint.pt").exists() and sorted(p.name for p in (out / "embeddings").iterdir()) == ["atac.zarr", "rna.zarr"]
+    for m in PAIRED_CELLS:  # rank 0 wrote one cache per modality; the other rank read it (no temporaries left)
+        assert [p.name.split("-")[0] for p in (paired[m] / ".cellweave" / "reduced").iterdir()] == ["lsi" if m == "atac" else "pca"]
+    ddp = {m: read_embedding(out / "embeddings" / f"{m}.zarr") for m in PAIRED_CELLS}
+    torch.set_num_threads(1)
+    single = CVQVAE.from_run(out)  # rank 0's weights in one process embed the same
+    for m, path in single.embed(tmp_path / "single", progress=False).items():
+        assert ddp[m].shape == (149, 4)
+        np.testing.assert_allclose(ddp[m], read_embedding(path), rtol=1e-5, atol=1e-6)
