@@ -105,18 +105,32 @@ def stage(name: str, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Every stage in order, each measured in its own subprocess; stops at the first failing stage."""
+    """Every stage in order, each measured in its own subprocess; stops at the first failing stage.
+
+    With ``--only``, the stages of an existing ``--json`` file of the same cell count are kept and the stages run
+    now replace theirs (e.g. to rerun the fits with other threads after simulate and convert).
+    """
     data = Path(args.data)
     results = {"cells_per_modality": args.cells, "modalities": list(MODALITIES), "peaks": args.peaks,
                "steps": args.steps, "device": args.device, "threads": args.threads, "machine": platform.platform(),
                "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "stages": {}}
+    if args.json is not None and args.json.exists() and set(args.stages) != set(STAGES):
+        earlier = json.loads(args.json.read_text())
+        if earlier.get("cells_per_modality") != args.cells:
+            raise SystemExit(f"{args.json} holds a run of {earlier.get('cells_per_modality')} cells, not {args.cells}: "
+                             "pass another --json")
+        results["stages"] = {k: v for k, v in earlier["stages"].items() if k not in args.stages}
+        results["threads_by_stage"] = earlier.get("threads_by_stage", {k: earlier.get("threads") for k in results["stages"]})
+    results.setdefault("threads_by_stage", {})
     for name in args.stages:
+        results["threads_by_stage"][name] = args.threads
         cmd = [__file__, "--stage", name, "--cells", str(args.cells), "--data", str(data), "--steps", str(args.steps),
                "--peaks", str(args.peaks), "--device", args.device, "--threads", str(args.threads)]
         t = time.perf_counter()
         res = run_measured(cmd)
         res["wall_s"] = time.perf_counter() - t
         results["stages"][name] = res
+        write_json(args.json, results)  # after every stage: a run cut short keeps what it measured
         print(f"{name:18s} " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()),
               flush=True)
         if "error" in res:
@@ -199,7 +213,7 @@ def main() -> None:
     if args.stage:
         print(json.dumps(stage(args.stage, args)))
         return
-    write_json(args.json, run(args))
+    run(args)
 
 
 if __name__ == "__main__":

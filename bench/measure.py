@@ -9,6 +9,7 @@ memory the tree really occupies."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -51,4 +52,6 @@ def write_json(path: Path | None, results: dict) -> None:
     """Write the results file (creating its folder) when a path was given."""
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2))
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, path)
