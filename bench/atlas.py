@@ -148,7 +148,8 @@ def table(results: dict) -> str:
             continue
         notes = []
         if "steps_per_s" in r:
-            notes.append(f"setup {r['setup_s']:.0f} s, {r['steps']} steps at {r['steps_per_s']:.2f} steps/s, "
+            setup = f"setup {r['setup_s']:.0f} s, " if "setup_s" in r else ""
+            notes.append(f"{setup}{r['steps']} steps at {r['steps_per_s']:.2f} steps/s, "
                          f"embed {r['embed_s']:.0f} s ({r['embed_cells_per_s']:,.0f} cells/s)")
         if "overall" in r:
             notes.append("overall {}, FOSCTTM {}, label transfer {}".format(
