@@ -101,6 +101,24 @@ def test_reloaded_run_gives_the_same_embedding(trained):
                                read_embedding(paths["atac"])[: len(batch)], atol=1e-5)
 
 
+def test_embedding_reads_the_cached_reduced_cells_and_equals_reducing_raw_cells(trained, tmp_path, monkeypatch):
+    import cellweave.models.cvqvae as cvqvae_model
+    from cellweave.reduce import Reduction
+
+    model, _, paths, _ = trained
+    raw_reads = []
+    original = Reduction.reduce_batch
+    monkeypatch.setattr(Reduction, "reduce_batch", lambda self, b, m=None: raw_reads.append(len(b)) or original(self, b, m))
+    from_cache = model.embed(tmp_path / "cached", progress=False)
+    assert raw_reads == []  # the cache written for training was read: no raw cell reduced
+    monkeypatch.setattr(cvqvae_model, "cached_reduced_store", lambda store, reduction: None)
+    from_raw = model.embed(tmp_path / "raw", progress=False)
+    assert sum(raw_reads) == 2 * N_CELLS + 2  # every cell of both modalities (and each one-cell width probe)
+    for m in ("rna", "atac"):
+        np.testing.assert_allclose(read_embedding(from_cache[m]), read_embedding(from_raw[m]), atol=1e-4)
+        np.testing.assert_allclose(read_embedding(from_cache[m]), read_embedding(paths[m]), atol=1e-6)
+
+
 def _store(path, X, ids, var, batch=None):
     obs = pd.DataFrame({"batch": batch} if batch is not None else {}, index=ids)
     src = InMemorySource(str(path), path.stem, obs, pd.DataFrame(index=var), sp.csr_matrix(X), kind="counts")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -170,7 +172,7 @@ def test_load_or_fit_keeps_reductions_beside_the_data(data):
     np.testing.assert_array_equal(a.components, b.components)
     assert sorted((stores["rna"].stats_dir / "reductions").iterdir()) == saved  # loaded, not fitted again
     load_or_fit(stores["rna"], "pca", n_components=4, seed=0)
-    assert len(list((stores["rna"].stats_dir / "reductions").iterdir())) == len(saved) + 1
+    assert len(list((stores["rna"].stats_dir / "reductions").glob("pca-*[!e]"))) == 2  # (not the .source records)
 
 
 def test_reduced_paired_stream_keeps_raw_counts_and_adds_reduced_cells(data):
@@ -202,7 +204,7 @@ def test_reduced_cells_are_cached_beside_the_data_once_per_reduction(data):
     np.testing.assert_allclose(cached.read_X([(0, N_CELLS)]), lsi.transform(X["atac"]), atol=1e-5)
     made = cached.path
     again = reduced_store(stores["atac"], lsi)
-    assert again.path == made and len(list(stores["atac"].stats_dir.glob("reduced/*"))) == 1  # read, not rewritten
+    assert again.path == made and len(list(stores["atac"].stats_dir.glob("reduced/*.zarr"))) == 1  # read, not rewritten
     other = fit_lsi(stores["atac"], 3)
     assert reduced_store(stores["atac"], other).path != made  # another reduction never reads this cache
 
@@ -235,3 +237,54 @@ def test_bad_requests_are_refused(data):
         fit_pca(stores["rna"], 2, features=["rna0", "nope"])
     with pytest.raises(InputError, match="no paired modality"):
         ReducedPairedStream([stores["rna"], stores["atac"]], {"adt": (fit_pca(stores["rna"], 2), "x")})
+
+
+def test_caches_beside_the_data_are_redone_when_the_data_change(tmp_path):
+    import anndata as ad
+
+    from cellweave.data.fingerprint import data_fingerprint
+    from cellweave.data.preprocess import load_or_compute_stats
+
+    path = tmp_path / "rna.h5ad"
+    obs = pd.DataFrame(index=[f"cell{i}" for i in range(N_CELLS)])
+    var = pd.DataFrame(index=[f"g{j}" for j in range(N_GENES)])
+
+    def write(x: np.ndarray, mtime: int):
+        ad.AnnData(sp.csr_matrix(x), obs=obs, var=var).write_h5ad(tmp_path / "new.h5ad")
+        os.utime(tmp_path / "new.h5ad", ns=(mtime, mtime))
+        os.replace(tmp_path / "new.h5ad", path)
+        return open_modality(path)
+
+    first, second = _counts(N_GENES, 0.5, 0), _counts(N_GENES, 0.5, 7)
+    store = write(first, 10**18)
+    pca, stats = load_or_fit(store, "pca", n_components=3, seed=0), load_or_compute_stats(store)
+    cached = reduced_store(store, pca)
+    np.testing.assert_allclose(cached.read_X([(0, N_CELLS)]), pca.transform(first), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(stats.mean, first.mean(0), rtol=1e-5)
+
+    store = write(second, 2 * 10**18)  # the same shape and names, other counts
+    pca2, stats2 = load_or_fit(store, "pca", n_components=3, seed=0), load_or_compute_stats(store)
+    assert not np.allclose(pca2.components, pca.components)
+    np.testing.assert_allclose(stats2.mean, second.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(reduced_store(store, pca).read_X([(0, N_CELLS)]), pca.transform(second), rtol=1e-5, atol=1e-4)
+
+    before = data_fingerprint(store)
+    (store.stats_dir / "anything").write_text("sidecars are not data")
+    assert data_fingerprint(store) == before
+    np.testing.assert_array_equal(load_or_fit(store, "pca", n_components=3, seed=0).components, pca2.components)
+
+
+def test_writing_embeddings_into_a_store_keeps_its_fingerprint(tmp_path):
+    import zarr
+
+    from cellweave.data.fingerprint import data_fingerprint
+
+    obs = pd.DataFrame(index=[f"cell{i}" for i in range(N_CELLS)])
+    var = pd.DataFrame(index=[f"p{j}" for j in range(N_PEAKS)])
+    x = sp.csr_matrix(_counts(N_PEAKS, 0.2, 1))
+    store = open_modality(write_zarr(InMemorySource("atac", "atac", obs, var, x, kind="counts"), tmp_path / "atac.zarr"))
+    before = data_fingerprint(store)
+    zarr.open_group(store.path, mode="r+").require_group("obsm").create_array("X_new", shape=(N_CELLS, 2), dtype="f4")
+    assert data_fingerprint(store) == before
+    zarr.open_group(store.path, mode="r+").attrs["touched"] = 1  # any other file of the store counts
+    assert data_fingerprint(store) != before

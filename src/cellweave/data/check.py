@@ -21,7 +21,6 @@ with problems is never cached.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -35,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError
+from .fingerprint import data_fingerprint
 from .open import open_modality
 from .source import Matrix
 from .store import ModalityStore
@@ -162,7 +162,7 @@ def scan_store(store: ModalityStore, chunk_rows: int = CHECK_ROWS, cache: bool =
     -------
     StoreReport
     """
-    fingerprint = _fingerprint(store) if cache else None
+    fingerprint = data_fingerprint(store, f"checks {CHECKS_VERSION}") if cache else None
     cached = _load_cache(store, fingerprint)
     if cached is not None:
         cached.path, cached.modality = store.path, store.modality
@@ -389,34 +389,6 @@ def _zarr_integrity(path: str) -> list[InputError]:
 
 
 # ---------------------------------------------------------------------------------------- the cache
-def _data_root(store: ModalityStore) -> Path:
-    """The file or directory holding the store's data (a SOMA measurement's experiment)."""
-    return Path(str(store.path).split("::", 1)[0])
-
-
-def _fingerprint(store: ModalityStore) -> str | None:
-    """Hash of the checks' version, the store's shape and kind, and every data file's name, size and mtime."""
-    root = _data_root(store)
-    if not root.exists():
-        return None
-    h = hashlib.sha256(f"{CHECKS_VERSION}|{store.kind}|{store.n_obs}|{store.n_vars}".encode())
-    for name, f in _data_files(root):
-        st = f.stat()
-        h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def _data_files(root: Path) -> list[tuple[str, Path]]:
-    """(relative name, path) of every file under ``root`` (or ``root`` itself), sidecars (``.cellweave``) left out."""
-    if root.is_file():
-        return [(root.name, root)]
-    out = []
-    for directory, subdirs, names in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if d != ".cellweave")
-        out.extend((str(Path(directory, f).relative_to(root)), Path(directory, f)) for f in sorted(names))
-    return out
-
-
 def _load_cache(store: ModalityStore, fingerprint: str | None) -> StoreReport | None:
     if fingerprint is None:
         return None

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from ..errors import InputError
 from .atomic import atomic_write_bytes
+from .fingerprint import record_source, still_current
 from .source import Matrix
 from .store import ModalityStore
 
@@ -243,9 +244,10 @@ def highly_variable_features(store: ModalityStore, stats: FeatureStats, chunk: i
 
 def load_or_compute_stats(store: ModalityStore, target_sum: float | None = DEFAULT_TARGET_SUM, hvg: bool = True,
                           progress: bool = False) -> FeatureStats:
-    """Statistics kept beside the store, computed (and saved) on first use or when ``target_sum`` changed."""
+    """Statistics kept beside the store, computed (and saved) on first use or when ``target_sum`` or the data
+    changed."""
     directory = store.stats_dir
-    if (directory / "stats.npz").exists():
+    if (directory / "stats.npz").exists() and still_current(store, directory / "stats.npz"):
         stats = FeatureStats.load(directory)
         wanted = target_sum if store.kind == "counts" else None
         if stats.target_sum == wanted and stats.n_cells == store.n_obs and (stats.hvg_rank is not None or not hvg):
@@ -254,6 +256,7 @@ def load_or_compute_stats(store: ModalityStore, target_sum: float | None = DEFAU
     if hvg and store.kind == "counts":
         stats = highly_variable_features(store, stats, progress=progress)
     stats.save(directory)
+    record_source(store, directory / "stats.npz")
     return stats
 
 

@@ -10,7 +10,7 @@ EMA vector-quantisation codebook.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
-from ..data import CellBatch, PairedStream, Preprocess, ZarrStore
+from ..data import CellBatch, CellStream, PairedStream, Preprocess, ZarrStore
 from ..reduce import Reduction, raw_features, reduced_store
+from ..reduce.cache import cached_reduced_store
 from ..train.distributed import on_rank_zero
 from ..train.trainer import TrainResult
-from .base import EMBEDDING_KEY, IntegrationModel
+from .base import EMBED_BATCH, EMBEDDING_KEY, IntegrationModel
 from .cvqvae_module import CVQVAEModule, CVQVAEWeights
 from .config import config_from_dict
 from .inputs import KIND_BY_NAME, StoreLike
@@ -38,6 +39,8 @@ from .paired import (
 from .run import read_run_config
 
 CODE_KEY = "cvqvae_code"
+#: The stream transform of reduced cells: their values as cached.
+AS_STORED = Preprocess(normalize=False, scale=False, max_value=None)
 PEAK_KINDS = ("atac",)
 
 
@@ -147,13 +150,27 @@ class CVQVAE(IntegrationModel):
         size = min(self.config.batch_size, self.n_cells)
         paths = on_rank_zero(lambda: {m: str(reduced_store(self.stores[m], r, self.progress).path)
                                       for m, r in self.reductions.items()})
-        as_stored = Preprocess(normalize=False, scale=False, max_value=None)
         return PairedStream([ZarrStore(paths[m], modality=m) for m in self.stores], batch_size=size,
-                            preprocess={m: as_stored for m in self.stores}, batch_key=self.batch_key, seed=self.seed,
+                            preprocess={m: AS_STORED for m in self.stores}, batch_key=self.batch_key, seed=self.seed,
                             drop_last=self.n_cells >= self.config.batch_size)
 
+    def iter_batches(self, modality: str, batch_size: int = EMBED_BATCH, **options: Any) -> Iterator[CellBatch]:
+        """Reduced cells of ``modality`` in store order, on the model's device: read from the cache beside the data
+        when it is there and current, else read raw and reduced batch by batch (nothing is cached then: embedding
+        reads each cell once either way)."""
+        reduction = self.reductions[modality]
+        cached = cached_reduced_store(self.stores[modality], reduction)
+        if cached is None:
+            for b in super().iter_batches(modality, batch_size, **options):
+                yield reduction.reduce_batch(b)
+            return
+        stream = CellStream(cached, batch_size, shuffle=False, preprocess=AS_STORED, rank=0, world_size=1,
+                            **(self.stream_options(modality) | options))
+        for b in stream:
+            yield b.to(self.device)
+
     def embed_batch(self, modality: str, batch: CellBatch) -> dict[str, torch.Tensor]:
-        out = self._require_module().embed(modality, self.reductions[modality].reduce_batch(batch))
+        out = self._require_module().embed(modality, batch)
         return {EMBEDDING_KEY: out[EMBEDDING_KEY], CODE_KEY: out["codes"].unsqueeze(1).float()}
 
     def config_dict(self) -> dict[str, Any]:

@@ -4,18 +4,21 @@ only reduced inputs (CVQVAE) streams a few dozen values per cell instead of ever
 
 The cache lives in ``store.stats_dir/reduced/<method>-<digest>.zarr``; the digest covers the reduction's
 loadings and input transform, so another reduction never reads it. It is written under a temporary name and
-renamed when complete, so a killed write is never opened as a cache.
+renamed when complete, so a killed write is never opened as a cache; the fingerprint of the data it was made from
+is recorded beside it, and a cache of data that changed since is written again.
 """
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ..data.atomic import atomic_output
+from ..data.fingerprint import record_source, still_current
 from ..data.store import ModalityStore
 from ..data.zarr_store import ZarrStore, ZarrWriter
 from .reduction import Reduction
@@ -42,9 +45,22 @@ def component_names(reduction: Reduction) -> list[str]:
     return [f"{prefix}{i + 1 + reduction.skipped}" for i in range(reduction.n_components)]
 
 
+def cached_reduced_store(store: ModalityStore, reduction: Reduction) -> ZarrStore | None:
+    """The cache of ``store`` reduced by ``reduction`` when one is complete and was made from the data as they are
+    now, else None (nothing is written)."""
+    path = _cache_path(store, reduction)
+    if not path.exists() or not still_current(store, path):
+        return None
+    cached = ZarrStore(path, modality=store.modality)
+    if cached.n_obs != store.n_obs or cached.n_vars != reduction.n_components:
+        return None
+    return cached
+
+
 def reduced_store(store: ModalityStore, reduction: Reduction, progress: bool = False,
                   batch_size: int = CHUNK) -> ZarrStore:
-    """The cells of ``store`` reduced by ``reduction``, from the cache beside the data (written on first use).
+    """The cells of ``store`` reduced by ``reduction``, from the cache beside the data (written on first use, and
+    again when the data changed).
 
     Parameters
     ----------
@@ -63,11 +79,10 @@ def reduced_store(store: ModalityStore, reduction: Reduction, progress: bool = F
         A dense store of the same cells in the same order (same ids and obs columns) with the components as
         features, named as the modality of ``store``.
     """
-    path = store.stats_dir / CACHE_DIR / f"{reduction.method}-{reduction_digest(reduction)}.zarr"
-    if path.exists():
-        cached = ZarrStore(path, modality=store.modality)
-        if cached.n_obs == store.n_obs and cached.n_vars == reduction.n_components:
-            return cached
+    cached = cached_reduced_store(store, reduction)
+    if cached is not None:
+        return cached
+    path = _cache_path(store, reduction)
     obs = pd.DataFrame({key: store.obs_column(key).values for key in store.obs_keys},
                        index=pd.Index(store.all_obs_names().astype(str), name="obs_names"))
     with atomic_output(path, overwrite=True) as tmp:
@@ -75,7 +90,12 @@ def reduced_store(store: ModalityStore, reduction: Reduction, progress: bool = F
         with tqdm(total=store.n_obs, desc=f"reduce {store.modality}", unit="cells", disable=not progress) as bar:
             for start in range(0, store.n_obs, batch_size):
                 X = store.read_X([(start, min(start + batch_size, store.n_obs))])
-                writer.append(reduction.transform(X, library_size=np.asarray(X.sum(1)).ravel()))
+                writer.append(reduction.transform(X))  # X holds every feature: its row sums are the library sizes
                 bar.update(X.shape[0])
         writer.close(obs, pd.DataFrame(index=pd.Index(component_names(reduction))), store.modality, "normalized")
+    record_source(store, path)
     return ZarrStore(path, modality=store.modality)
+
+
+def _cache_path(store: ModalityStore, reduction: Reduction) -> Path:
+    return store.stats_dir / CACHE_DIR / f"{reduction.method}-{reduction_digest(reduction)}.zarr"

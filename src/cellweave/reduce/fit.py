@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..data.fingerprint import record_source, still_current
 from ..data.preprocess import Preprocess, load_or_compute_stats
 from ..data.store import ModalityStore
 from ..errors import InputError
@@ -292,12 +293,13 @@ def load_or_fit(store: ModalityStore, method: str, progress: bool = False, **set
     if method not in fitters:
         raise InputError(store.path, "method", f"unknown reduction {method!r}", "use 'pca' or 'lsi'")
     path = store.stats_dir / "reductions" / f"{method}-{_fingerprint(store, method, settings)}"
-    if path.exists():
+    if path.exists() and still_current(store, path):
         found = Reduction.load(path)
         if found.n_cells == store.n_obs and found.var_names == list(map(str, store.var_names)):
             return found
     reduction = fitters[method](store, progress=progress, **settings)
     reduction.save(path, overwrite=True)
+    record_source(store, path)
     return reduction
 
 
