@@ -297,6 +297,29 @@ def test_foscttm_and_pair_distance_equal_dense(cite):
     assert abs(shuffled["foscttm"] - res["foscttm"]) < 1e-12
 
 
+def test_label_transfer_of_three_modalities_equals_sklearn_per_direction():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(3)
+    labels = rng.choice(["a", "b", "c", "d"], size=900)
+    X = rng.normal(size=(900, 5)) + 1.5 * (labels[:, None] == np.array(["a", "b", "c", "d", "a"])[None, :])
+    mod = rng.choice(["adt", "atac", "rna"], size=900)
+    res = label_transfer(X, labels, mod, k=5, max_cells=200, seed=1)
+    assert list(res) == ["adt->atac", "adt->rna", "atac->adt", "atac->rna", "rna->adt", "rna->atac"]
+    for direction, scores in res.items():
+        a, b = direction.split("->")
+        rows = np.flatnonzero(mod == b)
+        rows = np.sort(rows[np.random.default_rng(1).choice(len(rows), size=200, replace=False)])
+        one = KNeighborsClassifier(n_neighbors=1).fit(X[mod == a], labels[mod == a])
+        assert abs(scores["1nn"] - one.score(X[rows], labels[rows])) < 1e-12
+        _, idx = NearestNeighbors(n_neighbors=5).fit(X[mod == a]).kneighbors(X[rows])
+        voted = []
+        for row in labels[mod == a][idx]:  # majority, ties to the label seen first (nearest)
+            values, counts = np.unique(row, return_counts=True)
+            voted.append(next(v for v in row if v in set(values[counts == counts.max()])))
+        assert abs(scores["knn"] - np.mean(np.array(voted) == labels[rows])) < 1e-12
+
+
 def test_label_transfer_equals_sklearn(cite):
     from sklearn.neighbors import KNeighborsClassifier
 

@@ -80,20 +80,24 @@ def label_transfer(
     labels = np.asarray(labels).astype(str)
     modality = np.asarray(modality).astype(str)
     codes, names = pd.factorize(labels, sort=True)
-    out = {}
-    for a, b in permutations(sorted(pd.unique(modality)), 2):
-        ref, qry = modality == a, np.flatnonzero(modality == b)
-        qry = qry[subset_rows(len(qry), max_cells, seed)]
+    names_m = sorted(pd.unique(modality))
+    found = {}
+    for a in names_m:  # one index per reference modality, searched by the cells of every other one at once
+        ref = modality == a
+        queries = {b: np.flatnonzero(modality == b) for b in names_m if b != a}
+        queries = {b: rows[subset_rows(len(rows), max_cells, seed)] for b, rows in queries.items()}
+        qry = np.concatenate(list(queries.values()))
         kk = min(k, int(ref.sum()))
         _, idx = knn(np.ascontiguousarray(X[ref]), kk, query=np.ascontiguousarray(X[qry]), backend=backend)
-        idx = np.asarray(idx)
-        ref_codes = codes[ref]
-        truth = codes[qry]
+        idx, ref_codes = np.asarray(idx), codes[ref]
         voted = map_rows(_vote_block, [idx], (ref_codes, len(names)), chunk_size=chunk_size, n_out=None, dtype=np.int64)
-        out[f"{a}->{b}"] = {
-            "1nn": float(np.mean(ref_codes[idx[:, 0]] == truth)),
-            "knn": float(np.mean(voted == truth)),
-        }
+        start = 0
+        for b, rows in queries.items():
+            part, truth = slice(start, start + len(rows)), codes[rows]
+            found[f"{a}->{b}"] = {"1nn": float(np.mean(ref_codes[idx[part, 0]] == truth)),
+                                  "knn": float(np.mean(voted[part] == truth))}
+            start += len(rows)
+    out = {name: found[name] for name in (f"{a}->{b}" for a, b in permutations(names_m, 2))}
     return out
 
 
