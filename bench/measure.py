@@ -1,5 +1,6 @@
-"""Shared by the benchmarks: run one case in a subprocess and report its JSON result with the peak memory of its
-process tree (main process plus DataLoader/Dask workers), sampled every 50 ms (PSS every 0.5 s); and write the results file.
+"""Shared by the benchmarks: run one case in a subprocess (its stderr, progress bars included, echoed as it comes)
+and report its JSON result with the peak memory of its process tree (main process plus DataLoader/Dask workers),
+sampled every 50 ms (PSS every 0.5 s); and write the results file.
 
 Two figures: ``peak_rss_mb`` sums the RSS of every process of the tree, so pages that forked DataLoader workers
 share with their parent (the imported libraries: ~330 MB for torch + zarr + anndata) count once per process;
@@ -12,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +25,12 @@ def measure(cmd: list[str]) -> dict:
     ``peak_pss_mb``, or ``error``."""
     import psutil
 
-    proc = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out_bytes, err_tail = bytearray(), bytearray()
+    readers = [threading.Thread(target=lambda: out_bytes.extend(proc.stdout.read()), daemon=True),
+               threading.Thread(target=_echo, args=(proc.stderr, err_tail), daemon=True)]
+    for reader in readers:  # read while it runs: a full pipe would block the case (hours of progress bars)
+        reader.start()
     ps = psutil.Process(proc.pid)
     peak = peak_pss = 0
     samples = 0
@@ -37,15 +44,26 @@ def measure(cmd: list[str]) -> dict:
             pass
         samples += 1
         time.sleep(0.05)
-    out, err = proc.communicate()
+    for reader in readers:
+        reader.join()
+    out = out_bytes.decode()
     if proc.returncode != 0:
-        last = [line for line in err.strip().splitlines() if line.strip()]
+        last = [line for line in err_tail.decode(errors="replace").replace("\r", "\n").splitlines() if line.strip()]
         return {"error": last[-1] if last else f"exit code {proc.returncode}"}
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mb"] = peak / 2**20
     if peak_pss:
         result["peak_pss_mb"] = peak_pss / 2**20
     return result
+
+
+def _echo(stream, tail: bytearray, keep: int = 1 << 14) -> None:
+    """Copy the case's stderr to ours as it comes (progress stays visible in the log), keeping its last bytes."""
+    for chunk in iter(lambda: os.read(stream.fileno(), 1 << 12), b""):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+        tail.extend(chunk)
+        del tail[:-keep]
 
 
 def write_json(path: Path | None, results: dict) -> None:
