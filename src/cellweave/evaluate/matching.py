@@ -80,11 +80,11 @@ def label_transfer(
     labels = np.asarray(labels).astype(str)
     modality = np.asarray(modality).astype(str)
     codes, names = pd.factorize(labels, sort=True)
-    names_m = sorted(pd.unique(modality))
+    modalities = sorted(pd.unique(modality))
     found = {}
-    for a in names_m:  # one index per reference modality, searched by the cells of every other one at once
+    for a in modalities:  # one index per reference modality, searched by the cells of every other one at once
         ref = modality == a
-        queries = {b: np.flatnonzero(modality == b) for b in names_m if b != a}
+        queries = {b: np.flatnonzero(modality == b) for b in modalities if b != a}
         queries = {b: rows[subset_rows(len(rows), max_cells, seed)] for b, rows in queries.items()}
         qry = np.concatenate(list(queries.values()))
         kk = min(k, int(ref.sum()))
@@ -97,8 +97,7 @@ def label_transfer(
             found[f"{a}->{b}"] = {"1nn": float(np.mean(ref_codes[idx[part, 0]] == truth)),
                                   "knn": float(np.mean(voted[part] == truth))}
             start += len(rows)
-    out = {name: found[name] for name in (f"{a}->{b}" for a, b in permutations(names_m, 2))}
-    return out
+    return {f"{a}->{b}": found[f"{a}->{b}"] for a, b in permutations(modalities, 2)}
 
 
 def _closer_block(_: int, Q: np.ndarray, own: np.ndarray, R: np.ndarray, r_sq: np.ndarray) -> np.ndarray:
