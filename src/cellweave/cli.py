@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 
 from .errors import InputError
+from .log import cli_logging, verbosity_level
+
+log = logging.getLogger("cellweave.cli")  # also when run as `python -m cellweave.cli`
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
@@ -16,7 +20,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 
     for path in convert(args.input, args.out, fmt=args.format, modality=args.modality, kind=args.kind,
                         labels_csv=args.labels, overwrite=args.overwrite, chunk_rows=args.chunk_rows):
-        print(f"wrote {path}")
+        log.info("wrote %s", path)
 
 
 def _parse_modalities(items: Sequence[str]) -> dict[str, str]:
@@ -58,7 +62,7 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     with distributed_session(str(train.get("device", "auto"))):  # under torchrun: one process group, rank 0 reports
         with rank_zero_first():  # rank 0 checks the inputs and caches their statistics; the other ranks read them
             model = model_cls.from_settings(inputs, settings)
-        say = print if rank() == 0 else (lambda *_: None)
+        say = log.info if rank() == 0 else (lambda *_: None)
         for (s, t), (cols, _) in getattr(model, "link_matrices", {}).items():
             say(f"links {s} -> {t}: {len(cols)} linked features")
         t0 = time.perf_counter()
@@ -91,15 +95,15 @@ def _cmd_validate(args: argparse.Namespace) -> None:
         stores[store.modality] = store
     report = check_inputs(stores, obs_keys=[args.batch_key, args.label_key], links=args.links, progress=True)
     for r in report.stores.values():
-        print(r.summary())
+        log.info(r.summary())
         for note in r.notes:
-            print(f"  note: {note}")
+            log.info("  note: %s", note)
     problems += report.problems
     for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+        log.error("%s", problem)
     if problems:
         raise InputError("cellweave validate", "inputs", f"{len(problems)} problem(s), listed above", "fix them and validate again")
-    print(f"{len(stores)} store(s) valid")
+    log.info("%d store(s) valid", len(stores))
 
 
 def _cmd_simulate(args: argparse.Namespace) -> None:
@@ -110,7 +114,7 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
                            fmt=args.format, seed=args.seed, n_genes=args.genes, n_proteins=args.proteins,
                            n_peaks=args.peaks, overwrite=args.overwrite)
     for name, path in paths.items():
-        print(f"{name}: {path}")
+        log.info("%s: %s", name, path)
 
 
 def _cmd_stats(args: argparse.Namespace) -> None:
@@ -122,9 +126,9 @@ def _cmd_stats(args: argparse.Namespace) -> None:
     if store.kind == "counts":
         stats = highly_variable_features(store, stats, progress=True)
     path = stats.save(store.stats_dir)
-    print(f"{store}: {stats.n_cells} cells, median library size {float(_median(stats.library_size)):.0f}; saved {path}")
+    log.info(f"{store}: {stats.n_cells} cells, median library size {float(_median(stats.library_size)):.0f}; saved {path}")
     if stats.hvg_rank is not None:
-        print(f"top {args.n_top} highly variable: {', '.join(stats.hvg(args.n_top)[:20])}{' ...' if args.n_top > 20 else ''}")
+        log.info(f"top {args.n_top} highly variable: {', '.join(stats.hvg(args.n_top)[:20])}{' ...' if args.n_top > 20 else ''}")
 
 
 def _median(x):
@@ -149,8 +153,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                           plots=not args.no_plots, overwrite=args.overwrite)
     for name, result in doc["embeddings"].items():
         overall = result["aggregate"]["overall"]
-        print(f"{name}: overall {'NaN' if overall is None else f'{overall:.3f}'}")
-    print(f"wrote {args.out}/metrics.json and {args.out}/report.md")
+        log.info(f"{name}: overall {'NaN' if overall is None else f'{overall:.3f}'}")
+    log.info(f"wrote {args.out}/metrics.json and {args.out}/report.md")
 
 
 def _cmd_links(args: argparse.Namespace) -> None:
@@ -161,13 +165,32 @@ def _cmd_links(args: argparse.Namespace) -> None:
     model = FactVAE.from_run(args.run, device=args.device)
     table = model.link_scores(args.candidates, n_background=args.n_background, coordinates=args.coordinates)
     atomic_write_bytes(out, table.sort_values("score", ascending=False).to_csv(sep="\t", index=False).encode())
-    print(f"scored {len(table)} gene-peak pairs ({int((table['qvalue'] < 0.05).sum())} with q < 0.05); wrote {out}")
+    log.info(f"scored {len(table)} gene-peak pairs ({int((table['qvalue'] < 0.05).sum())} with q < 0.05); wrote {out}")
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default: object = 0) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=default, help="more messages (debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=default,
+                        help="fewer messages: warnings and errors only (-qq: errors only)")
+
+
+class _CommonSubparsers:
+    """``add_parser`` with the common options (``-v``/``-q``) on every command."""
+
+    def __init__(self, sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+        self.sub, self.common = sub, common
+
+    def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return self.sub.add_parser(name, parents=[self.common], **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cellweave`` command."""
     p = argparse.ArgumentParser(prog="cellweave", description="Atlas-scale single-cell multi-omics integration.")
-    sub = p.add_subparsers(dest="command", required=True)
+    _add_verbosity(p)
+    common = argparse.ArgumentParser(add_help=False)  # -v/-q also after the command: `cellweave fit ... -q`
+    _add_verbosity(common, default=argparse.SUPPRESS)
+    sub = _CommonSubparsers(p.add_subparsers(dest="command", required=True), common)
 
     c = sub.add_parser("convert", help="convert .h5ad/.h5mu/10x/.fcs to Zarr or TileDB-SOMA, chunk by chunk")
     c.add_argument("input")
@@ -272,16 +295,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input prints one clear line and exits with status 2."""
+    """Entry point; bad input reports one clear line and exits with status 2.
+
+    Messages go through :mod:`logging` (see :mod:`cellweave.log`): what a command reports on stdout, warnings
+    and errors on stderr; ``-v`` adds debug messages, ``-q`` keeps warnings and errors only.
+    """
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    try:
-        args.func(args)
-    except InputError as exc:
-        print(f"cellweave: error: {exc}", file=sys.stderr)
-        return 2
-    if args.command != "demo":
-        print(f"done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    with cli_logging(verbosity_level(args.verbose, args.quiet)):
+        try:
+            args.func(args)
+        except InputError as exc:
+            log.error("%s", exc)
+            return 2
+        if args.command != "demo":
+            log.debug("done in %.1fs", time.perf_counter() - t0)
     return 0
 
 
