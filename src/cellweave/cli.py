@@ -302,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
+    from .data.malloc import limit_malloc_arenas
+
+    limit_malloc_arenas()  # the command streams: cap glibc's arenas before any reading thread exists
     with cli_logging(verbosity_level(args.verbose, args.quiet)):
         try:
             args.func(args)

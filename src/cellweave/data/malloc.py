@@ -4,6 +4,9 @@ A stream process allocates its read-ahead blocks on one thread and frees them on
 its event-loop thread). glibc then grows a separate arena per thread, and freed blocks stay mapped in each:
 on a 1M-cell store that was ~200 MB per process, the difference between the RSS at 100k and at 1M cells.
 Two arenas keep that memory reused at no measured cost in throughput (``bench/stream.py``).
+
+Nothing here runs at import: the stream calls :func:`limit_malloc_arenas` when it starts reading, the
+``cellweave`` command at its start, and a program that wants it earlier (before its own threads) calls it itself.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import InputError
 from .batch import CellBatch
-from .malloc import release_free_memory
+from .malloc import limit_malloc_arenas, release_free_memory
 from .plan import Shard, batches_before, blocks, n_batches, rank_positions, shard_positions
 from .preprocess import FeatureStats, Preprocess, lognormalize, load_or_compute_stats
 from .store import CellChunk, ModalityStore
@@ -276,6 +276,7 @@ class _Sharded(IterableDataset):
         Skipping is exact: the blocks and their shuffles are those of the full epoch, whole blocks before the
         skipped batches are not read. ``shard`` overrides the process's rank/worker position.
         """
+        limit_malloc_arenas()  # this process streams: cap glibc's arenas before its reading thread starts
         shard = shard or current_shard(self._rank, self._world)
         pos = shard_positions(self.n_cells, self.batch_size, self.chunk_size, self.seed, epoch, self.shuffle, shard, self.drop_last)
         rng = np.random.default_rng([self.seed, epoch, shard.rank, shard.worker, 1]) if self.shuffle else None

@@ -15,9 +15,7 @@ Memory: the sampled cells' reduced features and ``n_clusters^2`` matrices.
 from __future__ import annotations
 
 import numpy as np
-import ot
 from scipy.spatial.distance import cdist
-from sklearn.cluster import KMeans
 
 from .pivots import Pivots
 
@@ -27,6 +25,8 @@ _START_REG = 0.05
 
 def _clusters(x: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """K-means labels of the rows and the centroids' distance matrix scaled to mean 1."""
+    from sklearn.cluster import KMeans  # imported where used: keeps `import cellweave` light
+
     km = KMeans(n_clusters, n_init=4, random_state=seed).fit(x)
     d = cdist(km.cluster_centers_, km.cluster_centers_)
     return km.labels_, d / max(float(d.mean()), 1e-12)
@@ -52,6 +52,8 @@ def match_geometry(a: np.ndarray, b: np.ndarray, n_clusters: int, n_starts: int,
     pivots, loss
         One pivot per row of ``a``, and the Gromov-Wasserstein loss of the coupling used.
     """
+    import ot  # POT (and the jax it may load) only when geometry is matched: keeps `import cellweave` light
+
     k = max(2, min(n_clusters, len(a) // 10, len(b) // 10))
     la, da = _clusters(a, k, int(rng.integers(2**31)))
     lb, db = _clusters(b, k, int(rng.integers(2**31)))

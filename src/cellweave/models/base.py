@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,7 +27,6 @@ from torch.utils.data import IterableDataset
 from ..data import CellBatch, CellStream, ModalityStore, Preprocess
 from ..data.check import check_inputs, check_obs_keys, open_store
 from ..data.embeddings import EmbeddingWriter, write_soma_obsm
-from ..data.soma_store import SomaStore
 from ..errors import InputError
 from ..train import Trainer, TrainingModule
 from ..train.checkpoint import load as load_checkpoint
@@ -244,11 +244,17 @@ class IntegrationModel(ABC):
                         out = {k: v.float().cpu().numpy() for k, v in self.embed_batch(m, batch).items()}
                         writer.write(batch.rows.cpu().numpy(), out)
                         bar.update(len(batch))
-            if write_soma and isinstance(store, SomaStore):
+            if write_soma and _is_soma(store):
                 on_rank_zero(lambda store=store, path=path: write_soma_obsm(store, EMBEDDING_KEY, _obsm_array(path)))
             paths[m] = path
         module.train()
         return paths
+
+
+def _is_soma(store: ModalityStore) -> bool:
+    """Whether ``store`` is a SOMA measurement (without importing tiledbsoma when no SOMA store was opened)."""
+    module = sys.modules.get("cellweave.data.soma_store")
+    return module is not None and isinstance(store, module.SomaStore)
 
 
 def _obsm_array(path: Path, key: str = EMBEDDING_KEY):

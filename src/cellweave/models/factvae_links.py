@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import false_discovery_control
 
 from ..errors import InputError
 
@@ -133,6 +132,8 @@ def link_scores(gene_emb: np.ndarray, peak_emb: np.ndarray, pairs: np.ndarray, n
     for names, n, field in ((gene_names, len(g_unit), "gene_names"), (peak_names, len(p_unit), "peak_names")):
         if names is not None and len(names) != n:
             raise InputError("link_scores", field, f"{len(names)} names for {n} embedding rows", "pass one name per row")
+
+    from scipy.stats import false_discovery_control  # imported where used: keeps `import cellweave` light
 
     score = pair_cosines(g_unit, p_unit, genes, peaks)
     rng = np.random.default_rng(seed)

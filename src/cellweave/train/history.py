@@ -8,8 +8,6 @@ import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
 from ..data.atomic import atomic_write_bytes
 
 Row = dict[str, float | int]
@@ -109,6 +107,8 @@ def plot_loss_curves(rows: list[Row], columns: list[str], path: Path) -> None:
     panels = train + [k for k in keys if k.startswith("val_") and k[4:] not in train]
     if not panels:
         return
+    from matplotlib.figure import Figure  # imported where used: keeps `import cellweave` light
+
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
