@@ -17,9 +17,11 @@ log = logging.getLogger("cellweave.cli")  # also when run as `python -m cellweav
 
 def _cmd_convert(args: argparse.Namespace) -> None:
     from .data.convert import convert
+    from .data.spec import store_options
 
     for path in convert(args.input, args.out, fmt=args.format, modality=args.modality, kind=args.kind,
-                        labels_csv=args.labels, overwrite=args.overwrite, chunk_rows=args.chunk_rows):
+                        labels_csv=args.labels, overwrite=args.overwrite, chunk_rows=args.chunk_rows,
+                        store_options=store_options(args)):
         log.info("wrote %s", path)
 
 
@@ -48,7 +50,15 @@ def _cmd_fit(args: argparse.Namespace) -> None:
         value = getattr(args, key)
         if value is not None:
             train[key] = value
-    inputs = _parse_modalities(args.modality) if args.modality else dict(cfg.get("inputs", {}))
+    from .data.spec import specs_from_args, store_options
+
+    if args.modality:
+        inputs = specs_from_args(_parse_modalities(args.modality), args)
+    else:
+        if store_options(args):
+            raise InputError(source, "inputs", "SOMA query options were given without --modality",
+                             "the run's [inputs] keep their own query; pass --modality NAME=PATH to use these options")
+        inputs = dict(cfg.get("inputs", {}))
     if not inputs:
         raise InputError(source, "inputs", "no modality given", "pass --modality NAME=PATH (twice or more) or an [inputs] table")
     method = args.method or cfg.get("method", "scmodal")
@@ -78,13 +88,17 @@ def _cmd_fit(args: argparse.Namespace) -> None:
 
 def _cmd_validate(args: argparse.Namespace) -> None:
     from .data.check import check_inputs, open_store
+    from .data.spec import specs_from_args
 
     stores, problems = {}, []
+    named = []
     for item in args.path:
         name, sep, path = item.partition("=")
-        name, path = (name, path) if sep and name and "/" not in name else (None, item)
+        named.append((name, path) if sep and name and "/" not in name else (None, item))
+    specs = specs_from_args({str(i): path for i, (_, path) in enumerate(named)}, args)
+    for i, (name, path) in enumerate(named):
         try:
-            store = open_store(path, name)
+            store = open_store(specs[str(i)], name)
         except InputError as exc:
             problems.append(exc)
             continue
@@ -120,8 +134,9 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
 def _cmd_stats(args: argparse.Namespace) -> None:
     from .data import open_modality
     from .data.preprocess import compute_stats, highly_variable_features
+    from .data.spec import store_options
 
-    store = open_modality(args.path)
+    store = open_modality(args.path, **store_options(args))
     stats = compute_stats(store, target_sum=args.target_sum, progress=True)
     if store.kind == "counts":
         stats = highly_variable_features(store, stats, progress=True)
@@ -186,6 +201,8 @@ class _CommonSubparsers:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cellweave`` command."""
+    from .data.spec import add_store_arguments
+
     p = argparse.ArgumentParser(prog="cellweave", description="Atlas-scale single-cell multi-omics integration.")
     _add_verbosity(p)
     common = argparse.ArgumentParser(add_help=False)  # -v/-q also after the command: `cellweave fit ... -q`
@@ -201,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--labels", help="FCS: CSV with one label per event (no header)")
     c.add_argument("--chunk-rows", type=int, default=4096)
     c.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_store_arguments(c)
     c.set_defaults(func=_cmd_convert)
 
     f = sub.add_parser("fit", help="train an integration model on modality stores and write RUN")
@@ -225,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", action="store_true",
                    help="continue the run in --out where it stopped (its config.toml gives the inputs and settings)")
     f.add_argument("--out", required=True, help="run directory")
+    add_store_arguments(f)
     f.set_defaults(func=_cmd_fit)
 
     v = sub.add_parser("validate", help="check stores before fitting: damaged chunks, NaN/Inf, counts, empty cells, ids, "
@@ -233,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-key", help="obs column every modality must have")
     v.add_argument("--label-key", help="obs column every modality must have")
     v.add_argument("--links", help="links TSV whose modality pairs must match features of both stores")
+    add_store_arguments(v)
     v.set_defaults(func=_cmd_validate)
 
     s = sub.add_parser("simulate", help="simulate a multi-modal atlas with known truth")
@@ -253,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("path", help=".zarr, .h5ad or SOMA_DIR::MEASUREMENT")
     t.add_argument("--target-sum", type=float, default=1e4)
     t.add_argument("--n-top", type=int, default=2000, help="how many highly variable features to print")
+    add_store_arguments(t)
     t.set_defaults(func=_cmd_stats)
 
     d = sub.add_parser("demo", help="simulate a small atlas and stream it (no network, no extra data)")

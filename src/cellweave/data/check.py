@@ -36,6 +36,7 @@ import scipy.sparse as sp
 from ..errors import InputError
 from .fingerprint import data_fingerprint
 from .open import open_modality
+from .spec import StoreSpec, as_spec
 from .source import Matrix
 from .store import ModalityStore
 from .validate import ValueChecker, duplicate_ids
@@ -122,7 +123,7 @@ class InputsReport:
             raise self.problems[0]
 
 
-def open_store(spec: str | os.PathLike, modality: str | None = None) -> ModalityStore:
+def open_store(spec: str | os.PathLike | StoreSpec, modality: str | None = None) -> ModalityStore:
     """:func:`~cellweave.data.open_modality` whose failures are all :class:`InputError` naming the file.
 
     A Zarr store that fails to open because of a damaged chunk gets that chunk named.
@@ -137,7 +138,7 @@ def open_store(spec: str | os.PathLike, modality: str | None = None) -> Modality
     except InputError:
         raise
     except Exception as exc:  # any reader failure on open means a damaged or foreign file
-        path = Path(str(spec))
+        path = Path(as_spec(spec).path)
         damaged = _zarr_integrity(str(path)) if path.is_dir() else []
         if damaged:
             raise damaged[0] from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -29,7 +30,8 @@ def select_modalities(sources: list[ChunkSource], modality: str | None, name: st
 
 def convert(input_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "zarr", modality: str | None = None,
             kind: Kind | None = None, labels_csv: str | None = None, overwrite: bool = False,
-            chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: bool = True) -> list[Path]:
+            chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: bool = True,
+            store_options: Mapping[str, str] | None = None) -> list[Path]:
     """Convert an input file to Zarr or SOMA.
 
     Parameters
@@ -40,6 +42,8 @@ def convert(input_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "z
     out
         Zarr: the ``.zarr`` store for a single modality, else a directory that receives ``<modality>.zarr``
         per modality. SOMA: the experiment (one measurement per modality).
+        A SOMA measurement ``SOMA_DIR::MEASUREMENT`` is read through ``store_options`` (a query's cells and
+        features, e.g. to extract one tissue of an atlas).
     fmt
         ``"zarr"`` or ``"soma"``.
     modality
@@ -54,6 +58,9 @@ def convert(input_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "z
         Rows per chunk.
     progress
         Show progress bars.
+    store_options
+        ``layer``, ``obs_filter``, ``var_filter``, ``feature_key`` for a SOMA input
+        (see :class:`~cellweave.data.StoreSpec`).
 
     Returns
     -------
@@ -65,11 +72,16 @@ def convert(input_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "z
     if fmt not in ("zarr", "soma"):
         raise InputError(str(out), "--format", f"unknown output format {fmt!r}", "use --format zarr or --format soma")
     src_path = Path(input_path)
-    if src_path.is_dir() and ((src_path / "zarr.json").exists() or (src_path / ".zgroup").exists()):
+    if "::" in str(input_path) or store_options:
+        from .open import open_modality
+        from .store import StoreSource
+
+        sources: list[ChunkSource] = [StoreSource(open_modality(input_path, **(store_options or {})))]
+    elif src_path.is_dir() and ((src_path / "zarr.json").exists() or (src_path / ".zgroup").exists()):
         from .store import StoreSource
         from .zarr_store import ZarrStore
 
-        sources: list[ChunkSource] = [StoreSource(ZarrStore(src_path))]
+        sources = [StoreSource(ZarrStore(src_path))]
     elif labels_csv is not None:
         if src_path.suffix.lower() != ".fcs":
             raise InputError(str(input_path), "--labels", "per-event labels are only read for .fcs inputs",

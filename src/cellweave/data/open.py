@@ -3,34 +3,47 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
+from .spec import StoreSpec, as_spec
 from .store import ModalityStore
 
 
-def open_modality(path: str | os.PathLike, modality: str | None = None) -> ModalityStore:
+def open_modality(path: str | os.PathLike | StoreSpec | Mapping[str, Any], modality: str | None = None, *,
+                  layer: str | None = None, obs_filter: str | None = None, var_filter: str | None = None,
+                  feature_key: str | None = None) -> ModalityStore:
     """Open one modality for streaming.
 
     Parameters
     ----------
     path
         A Zarr store in the AnnData layout (a directory), ``SOMA_EXPERIMENT::MEASUREMENT``, or a ``.h5ad`` file
-        (read in backed mode, row ranges at a time).
+        (read in backed mode, row ranges at a time); or a :class:`~cellweave.data.spec.StoreSpec` (or its config
+        table) carrying the options below.
     modality
         Name to give the modality (default: the one recorded in the store, or the measurement / file name).
+    layer, obs_filter, var_filter, feature_key
+        For a SOMA measurement: the ``X`` layer, tiledbsoma value filters on ``obs`` and ``var`` (e.g.
+        ``obs_filter="tissue_general == 'lung' and is_primary_data == True"``) and the ``var`` column of feature
+        names (see :class:`~cellweave.data.soma_store.SomaStore`). Set here, they override the spec's.
 
     Raises
     ------
     InputError
-        When the path does not exist or is not a supported store.
+        When the path does not exist or is not a supported store, or options are given for a store that is not
+        a SOMA measurement.
     """
-    text = str(path)
-    if "::" in text:
+    spec = as_spec(path, layer=layer, obs_filter=obs_filter, var_filter=var_filter, feature_key=feature_key)
+    spec.check_applies()
+    text = spec.path
+    if spec.is_soma:
         from .soma_store import SomaStore
 
         experiment, measurement = text.rsplit("::", 1)
-        store = SomaStore(experiment, measurement)
+        store = SomaStore(experiment, measurement, **spec.options)
         if modality:
             store.modality = modality
         return store

@@ -26,6 +26,7 @@ import tiledbsoma as soma
 from ..errors import InputError
 from .atomic import atomic_output
 from .source import ChunkSource, Kind, Matrix
+from .spec import FLAGS, StoreSpec, check_filter_columns
 from .store import ModalityStore, Ranges
 from .validate import ValueChecker, check_tables, obs_for_storage
 
@@ -38,6 +39,10 @@ KIND_SAMPLE = 1 << 16  # values sampled to infer counts vs normalized when the m
 JOINID = "soma_joinid"
 OBS_ID = "obs_id"
 VAR_ID = "var_id"
+FEATURE_NAME = "feature_name"  # CELLxGENE Census: gene symbol
+FEATURE_ID = "feature_id"  # CELLxGENE Census: Ensembl id
+EXAMPLE_FILTERS = {"obs_filter": "\"tissue_general == 'lung' and is_primary_data == True\"",
+                   "var_filter": "\"feature_name in ['CD3E', 'MS4A1']\""}
 DATA_LAYER = "data"
 META_KIND = "cellweave_kind"
 META_DENSE = "cellweave_dense"
@@ -149,7 +154,7 @@ def _in_global_order(i: np.ndarray, j: np.ndarray) -> bool:
     return bool(np.all((di > 0) | ((di == 0) & (dj > 0))))
 
 
-class _SparseWriter:
+class SparseWriter:
     """Buffer COO coordinates and write them to a SparseNDArray in few, large fragments.
 
     Buffers already in (cell, feature) order are written in global order, skipping TileDB's sort (about
@@ -285,7 +290,7 @@ def _write_measurement(
                 platform_config=_x_create_options(n_vars), context=context,
             ) as array:
                 layers.set(DATA_LAYER, array, use_relative_uri=True)
-                writer = _SparseWriter(array)
+                writer = SparseWriter(array)
                 n_rows = 0
                 for start, X in source.iter_chunks(chunk_rows):
                     if X.shape[1] != n_vars or start != n_rows:
@@ -387,11 +392,17 @@ def _row_runs(dim0: np.ndarray, lookup: _Lookup) -> tuple[np.ndarray, np.ndarray
 
 
 class SomaStore(ModalityStore):
-    """One measurement of a TileDB-SOMA Experiment, read by row ranges.
+    """One measurement of a TileDB-SOMA Experiment, read by row ranges, optionally through a query.
 
     Rows are the cells that have this measurement (``obs['has_<measurement>']`` when present, else every
-    obs row) in ``soma_joinid`` order. ``modality`` starts as the measurement name and may be renamed;
-    ``path``, ``stats_dir`` and the reads keep using ``measurement``.
+    obs row) and pass ``obs_filter``, in ``soma_joinid`` order; columns are the features that pass
+    ``var_filter``, in ``soma_joinid`` order. Both filters run as one tiledbsoma ``ExperimentAxisQuery``, which
+    reads only the joinids (and the filtered columns) of ``obs`` and ``var``; obs columns are then read for
+    the selected cells only, one column at a time, when a run asks for them. ``modality`` starts as the
+    measurement name and may be renamed; ``path``, ``stats_dir`` and the reads keep using ``measurement``.
+
+    Cell ids are ``obs['obs_id']`` when present (cellweave and ``tiledbsoma.io`` experiments), else the
+    ``soma_joinid`` as text (CELLxGENE Census has no id column).
 
     Parameters
     ----------
@@ -399,21 +410,30 @@ class SomaStore(ModalityStore):
         Path (or URI) of the SOMA Experiment.
     measurement
         Name of the measurement (the modality).
+    layer
+        ``X`` layer (default: ``data``, else the only layer; Census has ``raw`` and ``normalized``).
+    obs_filter, var_filter
+        tiledbsoma value filters on ``obs`` and on the measurement's ``var``.
+    feature_key
+        ``var`` column with the feature names (default: ``feature_name`` when present, else ``var_id``, else
+        the first text column). ``feature_id`` (when present) is kept as :attr:`feature_ids`.
 
     Raises
     ------
     InputError
-        When the experiment cannot be opened, the measurement or its X layer is missing, or no cell id /
-        feature name column can be found.
+        One line naming what exists when the experiment cannot be opened, or the measurement, layer, a filter's
+        column or the feature key is missing; when a filter is refused by tiledbsoma or selects nothing.
     """
 
     fork_safe = False  # TileDB hangs in a process forked after it was used: DataLoader workers are spawned
 
-    def __init__(self, experiment: str | os.PathLike, measurement: str) -> None:
+    def __init__(self, experiment: str | os.PathLike, measurement: str, layer: str | None = None,
+                 obs_filter: str | None = None, var_filter: str | None = None, feature_key: str | None = None) -> None:
         self.experiment = str(experiment)
         self.measurement = measurement
         self.modality = measurement
         self.path = f"{self.experiment}::{measurement}"
+        self.spec = StoreSpec(self.path, layer, obs_filter, var_filter, feature_key)
         self._pid: int | None = None
         self._owner_pid: int | None = os.getpid()
         self._handles: dict[str, Any] = {}
@@ -442,48 +462,107 @@ class SomaStore(ModalityStore):
                 "pass one of the measurements present",
             )
         meas = exp.ms[self.measurement]
-        layers = sorted(meas.X.keys()) if "X" in meas else []
-        if DATA_LAYER in layers:
-            self._layer = DATA_LAYER
-        elif len(layers) == 1:
-            self._layer = layers[0]
-        else:
-            raise InputError(
-                self.path,
-                "X",
-                f"no '{DATA_LAYER}' layer and not exactly one layer (layers: {', '.join(layers) or 'none'})",
-                "write the matrix as X['data']",
-            )
+        self._layer = self._pick_layer(sorted(meas.X.keys()) if "X" in meas else [])
         X = meas.X[self._layer]
         if not isinstance(X, soma.SparseNDArray):
             raise InputError(self.path, f"X['{self._layer}']", f"is a {type(X).__name__}", "store X as a SparseNDArray")
-        meta = dict(meas.metadata)
+        # cellweave describes the matrix it writes (X['data']) in the measurement metadata
+        meta = dict(meas.metadata) if self._layer == DATA_LAYER else {}
+        meta |= {k: v for k, v in dict(X.metadata).items() if k in (META_KIND, META_DENSE)}
         self.sparse = not bool(meta.get(META_DENSE, False))
 
-        var = _sorted_by_joinid(meas.var.read().concat())
-        var_col = _string_column(var.schema, VAR_ID, {JOINID})
-        if var_col is None:
-            raise InputError(self.path, "var", "no string column with feature names", f"add a '{VAR_ID}' column")
-        if not np.array_equal(var[JOINID].to_numpy(), np.arange(len(var))):
-            raise InputError(self.path, "var['soma_joinid']", "joinids are not 0..n_vars-1", "rewrite the measurement")
-        self.var_names = pd.Index(var[var_col].to_numpy(zero_copy_only=False).astype(str))
-
-        schema = exp.obs.schema
-        self._id_column = _string_column(schema, OBS_ID, {JOINID})
-        if self._id_column is None:
-            raise InputError(self.experiment, "obs", "no string column with cell ids", f"add an '{OBS_ID}' column")
-        self._obs_keys = [
-            name for name in schema.names if name not in (JOINID, self._id_column) and not name.startswith("has_")
-        ]
+        spec = self.spec
+        obs_names = exp.obs.schema.names
+        var_names = meas.var.schema.names
+        if spec.obs_filter is not None:
+            check_filter_columns(self.experiment, "obs", FLAGS["obs_filter"], spec.obs_filter, obs_names)
+        if spec.var_filter is not None:
+            check_filter_columns(self.path, "var", FLAGS["var_filter"], spec.var_filter, var_names)
+        key = self._feature_column(meas.var.schema)
         has = _has_column(self.measurement)
-        if has in schema.names:
-            table = exp.obs.read(column_names=[JOINID, has]).concat()
-            joinids = table[JOINID].to_numpy()[table[has].to_numpy(zero_copy_only=False).astype(bool)]
+        clauses = [f"({spec.obs_filter})"] if spec.obs_filter is not None else []
+        if has in obs_names:
+            clauses.append(f"{has} == True")
+        var_columns = [JOINID, key] + ([FEATURE_ID] if FEATURE_ID in var_names and key != FEATURE_ID else [])
+        with exp.axis_query(self.measurement, obs_query=soma.AxisQuery(value_filter=" and ".join(clauses) or None),
+                            var_query=soma.AxisQuery(value_filter=spec.var_filter)) as query:
+            joinids = self._run_query(lambda: query.obs_joinids().to_numpy(), "obs_filter")
+            var = self._run_query(lambda: query.var(column_names=var_columns).concat(), "var_filter")
+        var = _sorted_by_joinid(var)
+        self.var_names = pd.Index(var[key].to_numpy(zero_copy_only=False).astype(str))
+        self.feature_ids = (pd.Index(var[FEATURE_ID].to_numpy(zero_copy_only=False).astype(str))
+                            if FEATURE_ID in var_columns else None)
+        self._n_x_columns = int(X.shape[1])
+        var_joinids = var[JOINID].to_numpy().astype(np.int64)
+        if np.array_equal(var_joinids, np.arange(self._n_x_columns)):
+            self._column_of: np.ndarray | None = None  # every feature, in X's column order
         else:
-            joinids = exp.obs.read(column_names=[JOINID]).concat()[JOINID].to_numpy()
+            if len(var_joinids) and int(var_joinids[-1]) >= self._n_x_columns:
+                raise InputError(self.path, "var['soma_joinid']", f"joinids beyond the {self._n_x_columns} columns of "
+                                 f"X['{self._layer}']", "rewrite the measurement")
+            self._column_of = np.full(self._n_x_columns, -1, dtype=np.int64)
+            self._column_of[var_joinids] = np.arange(len(var_joinids))
+        if spec.var_filter is not None and not len(var_joinids):
+            raise InputError(self.path, FLAGS["var_filter"], f"{spec.var_filter!r} selects no feature of {meas.var.count}",
+                             "loosen the filter")
+
+        self._id_column = OBS_ID if OBS_ID in obs_names else None  # None: the joinid is the id
+        self._obs_keys = [n for n in obs_names if n not in (JOINID, self._id_column) and not n.startswith("has_")]
         self._joinids = np.sort(joinids).astype(np.int64)
         self.n_obs = len(self._joinids)
+        if spec.obs_filter is not None and not self.n_obs:
+            raise InputError(self.experiment, FLAGS["obs_filter"], f"{spec.obs_filter!r} selects no cell of "
+                             f"{exp.obs.count}" + (f" (of those with {has})" if has in obs_names else ""),
+                             "loosen the filter")
         self.kind = meta.get(META_KIND) or self._infer_kind(X)
+
+    def _pick_layer(self, layers: list[str]) -> str:
+        """The X layer asked for, else ``data``, else the only one; a clear error naming the layers otherwise."""
+        listed = ", ".join(layers) or "none"
+        wanted = self.spec.layer
+        if wanted is not None:
+            if wanted not in layers:
+                raise InputError(self.path, f"X['{wanted}']", f"no such layer (this measurement has: {listed})",
+                                 f"pass {FLAGS['layer']} with one of the layers present")
+            return wanted
+        if DATA_LAYER in layers:
+            return DATA_LAYER
+        if len(layers) == 1:
+            return layers[0]
+        raise InputError(self.path, "X", f"no '{DATA_LAYER}' layer and not exactly one layer (layers: {listed})",
+                         f"choose one with {FLAGS['layer']} NAME (e.g. {FLAGS['layer']} {layers[0]})" if layers
+                         else "write the matrix as X['data']")
+
+    def _feature_column(self, schema: pa.Schema) -> str:
+        """The var column of feature names: the one asked for, else ``feature_name``, ``var_id``, first text column."""
+        wanted = self.spec.feature_key
+        columns = [n for n in schema.names if n != JOINID]
+        if wanted is not None:
+            if wanted not in columns:
+                raise InputError(self.path, f"var['{wanted}']", f"no such column (var has: {', '.join(columns) or 'none'})",
+                                 f"pass {FLAGS['feature_key']} with one of the var columns listed")
+            return wanted
+        if FEATURE_NAME in columns:
+            return FEATURE_NAME
+        found = _string_column(schema, VAR_ID, {JOINID})
+        if found is None:
+            raise InputError(self.path, "var", "no string column with feature names",
+                             f"add a '{VAR_ID}' column or pass {FLAGS['feature_key']} COLUMN")
+        return found
+
+    def _run_query(self, read: Callable[[], Any], option: str) -> Any:
+        """Run a query read; tiledbsoma's refusal of a filter becomes one line naming the filter."""
+        try:
+            return read()
+        except soma.SOMAError as exc:
+            expression = getattr(self.spec, option)
+            if expression is None:
+                raise
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            where = self.experiment if option == "obs_filter" else self.path
+            example = EXAMPLE_FILTERS[option]
+            raise InputError(where, FLAGS[option], f"{expression!r} was refused by tiledbsoma ({detail})",
+                             f"write a tiledbsoma value filter, e.g. {example}") from None
 
     def _infer_kind(self, X: soma.SparseNDArray) -> Kind:
         if not self.n_obs:
@@ -524,7 +603,9 @@ class SomaStore(ModalityStore):
 
     @property
     def stats_dir(self) -> Path:
-        return Path(self.experiment) / ".cellweave" / self.measurement
+        """``EXPERIMENT/.cellweave/MEASUREMENT``; a query keeps its own: ``MEASUREMENT@<hash of the options>``."""
+        name = f"{self.measurement}@{self.spec.digest()}" if self.spec.options else self.measurement
+        return Path(self.experiment) / ".cellweave" / name
 
     def _obs_values(self, joinids: np.ndarray, column: str) -> pa.Array:
         """One obs column for the given joinids, in their order."""
@@ -547,6 +628,8 @@ class SomaStore(ModalityStore):
         rows = _range_rows(ranges)
         if not len(rows):
             return np.zeros(0, dtype=object)
+        if self._id_column is None:
+            return self._joinids[rows].astype(str).astype(object)
         ids = self._obs_values(self._joinids[rows], self._id_column)
         return np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object)
 
@@ -561,6 +644,10 @@ class SomaStore(ModalityStore):
         dim0 = table["soma_dim_0"].to_numpy()
         j = table["soma_dim_1"].to_numpy()
         d = table["soma_data"].to_numpy()
+        if self._column_of is not None:  # a feature selection: keep its columns, renumbered (order kept)
+            j = self._column_of[j]
+            keep = j >= 0
+            dim0, j, d = dim0[keep], j[keep], d[keep]
         shape = (len(lookup.unique), self.n_vars)
         runs = _row_runs(dim0, lookup)
         if self.sparse and runs is not None:

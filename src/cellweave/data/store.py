@@ -62,6 +62,8 @@ class ModalityStore(ABC):
         ``"counts"`` or ``"normalized"``: a hint for the likelihood.
     sparse
         Whether rows come back as CSR.
+    feature_ids
+        Stable feature ids kept beside the names (e.g. Ensembl ids of a Census ``var['feature_id']``), or ``None``.
     """
 
     path: str
@@ -70,6 +72,7 @@ class ModalityStore(ABC):
     var_names: pd.Index
     kind: Kind
     sparse: bool
+    feature_ids: pd.Index | None = None  # stable feature ids beside the names (SOMA var['feature_id']), if any
 
     @property
     def n_vars(self) -> int:
@@ -148,7 +151,8 @@ class StoreSource:
         self.sparse = store.sparse
         self.kind: Kind | None = store.kind
         self.obs = pd.DataFrame({k: store.obs_column(k).array for k in store.obs_keys}, index=store.all_obs_names())
-        self.var = pd.DataFrame(index=store.var_names)
+        ids = getattr(store, "feature_ids", None)
+        self.var = pd.DataFrame({} if ids is None else {"feature_id": ids.to_numpy()}, index=store.var_names)
 
     def iter_chunks(self, chunk_rows: int):
         for start in range(0, self.store.n_obs, chunk_rows):

@@ -27,12 +27,13 @@ from torch.utils.data import IterableDataset
 from ..data import CellBatch, CellStream, ModalityStore, Preprocess
 from ..data.check import check_inputs, check_obs_keys, open_store
 from ..data.embeddings import EmbeddingWriter, write_soma_obsm
+from ..data.spec import input_record
 from ..errors import InputError
 from ..train import Trainer, TrainingModule
 from ..train.checkpoint import load as load_checkpoint
 from ..train.distributed import on_rank_zero, rank
 from ..train.trainer import CHECKPOINT, TrainResult
-from .inputs import StoreLike, open_inputs, resolve_path
+from .inputs import StoreLike, open_inputs
 from .run import CONFIG, write_config
 
 EMBEDDING_KEY = "X_cellweave"
@@ -45,7 +46,9 @@ class IntegrationModel(ABC):
     Parameters
     ----------
     modalities
-        Modality name -> store, ``.zarr`` / ``.h5ad`` path or ``SOMA_DIR::MEASUREMENT``. Every store is checked
+        Modality name -> store, ``.zarr`` / ``.h5ad`` path, ``SOMA_DIR::MEASUREMENT`` or a
+        :class:`~cellweave.data.StoreSpec` (a SOMA measurement with its layer, obs/var filters and feature key;
+        recorded in the run's config so that resume and embed read the same cells). Every store is checked
         first (one streamed pass, cached beside the data): a damaged chunk, NaN/Inf, negative or fractional
         counts, empty cells of a counts modality or duplicate ids are refused with an ``InputError``.
     seed
@@ -59,7 +62,7 @@ class IntegrationModel(ABC):
         self.stores: dict[str, ModalityStore] = open_inputs(
             {m: p if isinstance(p, ModalityStore) else open_store(p) for m, p in modalities.items()})
         check_inputs(self.stores).raise_first()
-        self.inputs = {m: resolve_path(p) if not isinstance(p, ModalityStore) else p.path for m, p in modalities.items()}
+        self.inputs = {m: input_record(p) for m, p in modalities.items()}  # path, or table with the SOMA query
         self.seed = seed
         self.module: TrainingModule | None = None
         self.run_dir: Path | None = None

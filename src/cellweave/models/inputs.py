@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
-from ..data import ModalityStore, open_modality
+from ..data import ModalityStore, StoreSpec, open_modality
 from ..data.preprocess import FeatureStats, load_or_compute_stats
 from ..errors import InputError
 
@@ -14,11 +13,12 @@ KIND_BY_NAME = {"rna": "rna", "gex": "rna", "gene": "rna", "adt": "adt", "protei
                 "cytometry": "cytometry", "cytof": "cytometry", "flow": "cytometry", "atac": "atac", "peaks": "atac",
                 "gene_activity": "gene_activity", "spatial": "spatial"}
 
-StoreLike = ModalityStore | str | os.PathLike
+StoreLike = ModalityStore | StoreSpec | str | os.PathLike  # or a config table {path, layer, obs_filter, ...}
 
 
 def open_inputs(modalities: Mapping[str, StoreLike]) -> dict[str, ModalityStore]:
-    """Open each modality (a store or ``.zarr`` / ``.h5ad`` / ``SOMA_DIR::MEASUREMENT``) under its given name.
+    """Open each modality (a store, a :class:`~cellweave.data.StoreSpec` or ``.zarr`` / ``.h5ad`` /
+    ``SOMA_DIR::MEASUREMENT``) under its given name.
 
     Raises
     ------
@@ -59,11 +59,3 @@ def checked_stats(store: ModalityStore, n_top: int | None = None, progress: bool
     hvg = store.kind == "counts" and (n_top is None or store.n_vars > n_top)
     return load_or_compute_stats(store, hvg=hvg, progress=progress)
 
-
-def resolve_path(path: str | os.PathLike) -> str:
-    """An input path as written into a run's config (absolute; SOMA ``DIR::MEASUREMENT`` kept)."""
-    text = str(path)
-    if "::" in text:
-        root, meas = text.split("::", 1)
-        return f"{Path(root).resolve()}::{meas}"
-    return str(Path(text).resolve())
