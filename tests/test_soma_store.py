@@ -214,3 +214,184 @@ def test_cite_seq_round_trip(tmp_path):
     np.testing.assert_array_equal(s_adt.all_obs_names(), adata.obs_names.to_numpy())
     assert list(s_adt.var_names) == list(adata.uns["protein_names"])
     np.testing.assert_array_equal(s_rna.obs_column("n_genes").to_numpy(), adata.obs["n_genes"].to_numpy())
+
+
+# ------------------------------------------------------------------------------ Census-shaped experiments, queries
+
+LUNG = "tissue_general == 'lung' and is_primary_data == True"
+
+
+def _census_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "census_fixture.py"
+    spec = importlib.util.spec_from_file_location("census_fixture", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def census(tmp_path_factory):
+    """A 1,200-cell Census-schema experiment (6 datasets x 2 donors, 40 genes) and its obs/var/raw X read whole."""
+    import tiledbsoma
+
+    out = _census_tool().write_census_fixture(tmp_path_factory.mktemp("census") / "census.soma", 1200, n_genes=40,
+                                              n_datasets=6, n_donors=2, chunk_rows=256)
+    with tiledbsoma.Experiment.open(str(out)) as exp:
+        obs = exp.obs.read().concat().to_pandas()
+        var = exp.ms["RNA"].var.read().concat().to_pandas()
+        raw = exp.ms["RNA"].X["raw"].read().coos().concat().to_scipy().tocsr()
+    return out, obs, var, raw
+
+
+def test_census_fixture_has_the_census_schema(census):
+    out, obs, var, raw = census
+    import tiledbsoma
+
+    with tiledbsoma.Experiment.open(str(out)) as exp:
+        assert sorted(exp.ms["RNA"].X.keys()) == ["normalized", "raw"]
+        norm = exp.ms["RNA"].X["normalized"].read().coos().concat().to_scipy().tocsr()
+    assert {"dataset_id", "assay", "tissue_general", "cell_type", "donor_id", "is_primary_data"} <= set(obs.columns)
+    assert "obs_id" not in obs.columns and {"feature_id", "feature_name"} <= set(var.columns)
+    assert obs["dataset_id"].nunique() == 6 and obs["donor_id"].nunique() == 12
+    assert obs["is_primary_data"].dtype == bool and 0 < obs["is_primary_data"].mean() < 1
+    np.testing.assert_array_equal(raw.data, np.round(raw.data))
+    np.testing.assert_allclose(obs["raw_sum"].to_numpy(), np.asarray(raw.sum(1)).ravel(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(norm.sum(1)).ravel()[obs["raw_sum"].to_numpy() > 0], 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(var["nnz"].to_numpy(), np.bincount(raw.indices, minlength=raw.shape[1]))
+
+
+def test_census_query_streams_each_selected_cell_once_across_ranks_and_workers(census, monkeypatch):
+    from cellweave.data import CellStream, open_modality
+
+    from .test_stream import _ranks_by_workers
+
+    out, obs, var, raw = census
+    selected = obs["soma_joinid"].to_numpy()[(obs["tissue_general"] == "lung").to_numpy() & obs["is_primary_data"].to_numpy()]
+    assert 0 < len(selected) < len(obs) // 4
+    store = open_modality(f"{out}::RNA", layer="raw", obs_filter=LUNG)
+    assert store.n_obs == len(selected) and store.kind == "counts"
+    assert list(store.var_names) == list(var["feature_name"]) and list(store.feature_ids) == list(var["feature_id"])
+    got = _ranks_by_workers(monkeypatch, lambda r, w: CellStream(store, 16, seed=5, block_size=64, chunk_size=8,
+                                                                  rank=r, world_size=w))
+    assert all(len(v) > 0 for v in got.values())
+    batches = [b for v in got.values() for b in v]
+    ids = np.concatenate([b.obs_names for b in batches]).astype(np.int64)
+    counts = pd.Series(ids).value_counts()
+    assert set(counts.index) == set(selected)  # exactly the selected cells ...
+    assert counts.min() == 1 and counts.sum() - len(selected) == (-len(selected)) % 2  # ... each once (+ DDP padding)
+    for b in batches[:6]:  # values are the raw layer of those cells
+        np.testing.assert_array_equal(b.dense().numpy(), raw[b.obs_names.astype(np.int64)].toarray())
+    labels = store.obs_column("cell_type").astype(str).to_numpy()
+    np.testing.assert_array_equal(labels, obs.set_index("soma_joinid").loc[selected, "cell_type"].astype(str))
+
+
+def test_census_normalized_layer_var_filter_and_feature_key(census):
+    from cellweave.data import open_modality
+
+    out, obs, var, raw = census
+    panel = list(var["feature_name"].iloc[[3, 7, 8, 20, 31]])
+    store = open_modality(f"{out}::RNA", layer="normalized", obs_filter="donor_id == 'donor_3'",
+                          var_filter=f"feature_name in {panel}", feature_key="feature_id")
+    cells = obs["soma_joinid"].to_numpy()[(obs["donor_id"] == "donor_3").to_numpy()]
+    assert store.shape == (len(cells), 5) and store.kind == "normalized"
+    assert list(store.var_names) == list(var["feature_id"].iloc[[3, 7, 8, 20, 31]])
+    X = _dense(store.read_X([(0, store.n_obs)]))
+    totals = np.asarray(raw.sum(1)).ravel()[cells, None]
+    np.testing.assert_allclose(X, raw[cells][:, [3, 7, 8, 20, 31]].toarray() / np.maximum(totals, 1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("options, names", [
+    ({}, "layers: normalized, raw"),
+    ({"layer": "counts"}, "this measurement has: normalized, raw"),
+    ({"layer": "raw", "obs_filter": "tissue == 'lung' and is_primary == True"}, "obs has: soma_joinid, dataset_id"),
+    ({"layer": "raw", "var_filter": "gene_symbol == 'CD3E'"}, "var has: soma_joinid, feature_id, feature_name"),
+    ({"layer": "raw", "feature_key": "gene_symbol"}, "var has: feature_id, feature_name"),
+])
+def test_census_wrong_layer_filter_column_or_feature_key_is_one_line(census, capsys, options, names):
+    from cellweave.cli import main
+
+    out = census[0]
+    flags = [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", v)]
+    assert main(["stats", f"{out}::RNA", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("cellweave: error:") and names in err
+    if "obs_filter" in options:  # the column that is missing is named, not the one that exists
+        assert "column 'is_primary', which does not exist" in err
+    with pytest.raises(InputError, match=names.split(":")[0]):
+        SomaStore(out, "RNA", **options)
+
+
+def test_refused_or_empty_filter_and_options_on_zarr(census, tmp_path):
+    from cellweave.data import open_modality, write_zarr
+
+    out = census[0]
+    with pytest.raises(InputError, match="refused by tiledbsoma.*Cannot cast"):
+        open_modality(f"{out}::RNA", layer="raw", obs_filter="is_primary_data == 'maybe'")
+    with pytest.raises(InputError, match="selects no cell of 1200"):
+        open_modality(f"{out}::RNA", layer="raw", obs_filter="tissue_general == 'retina'")
+    zarr = write_zarr(counts_source(20, 5), tmp_path / "x.zarr")
+    with pytest.raises(InputError, match="--obs-filter: these options select from TileDB-SOMA measurements only"):
+        open_modality(zarr, obs_filter=LUNG)
+
+
+def test_spec_round_trips_through_the_run_config_and_keeps_its_own_stats(census):
+    import tomllib
+
+    import tomli_w
+
+    from cellweave.data import StoreSpec, open_modality
+    from cellweave.data.spec import input_record
+
+    out = census[0]
+    store = open_modality(StoreSpec(f"{out}::RNA", layer="raw", obs_filter=LUNG))
+    record = input_record(store)
+    assert record == {"path": f"{out.resolve()}::RNA", "layer": "raw", "obs_filter": LUNG}
+    again = open_modality(tomllib.loads(tomli_w.dumps({"rna": record}))["rna"])
+    np.testing.assert_array_equal(again.all_obs_names(), store.all_obs_names())
+    whole = open_modality(f"{out}::RNA", layer="raw")
+    assert input_record(f"{out}::RNA") == f"{out.resolve()}::RNA"
+    assert whole.stats_dir != store.stats_dir == again.stats_dir and store.stats_dir.parent == out / ".cellweave"
+    assert SomaStore(out, "RNA", layer="raw").n_obs == 1200
+
+
+def test_filter_on_a_cellweave_experiment_keeps_only_cells_of_the_measurement(tmp_path):
+    rna = counts_source(80, 30, prefix="r")
+    adt = normalized_source(60, 8, prefix="a")
+    out = write_soma([rna, adt], tmp_path / "exp")
+    store = SomaStore(out, "rna", obs_filter="batch == 'b1'")  # adt cells have no batch: has_rna keeps them out
+    expected = rna.obs.index.to_numpy()[(rna.obs["batch"] == "b1").to_numpy()]
+    np.testing.assert_array_equal(store.all_obs_names(), expected)
+    np.testing.assert_array_equal(_dense(store.read_X([(0, store.n_obs)])),
+                                  rna.X[(rna.obs["batch"] == "b1").to_numpy()].toarray())
+
+
+def test_convert_extracts_a_census_query_to_zarr(census, tmp_path):
+    from cellweave.cli import main
+    from cellweave.data import open_modality
+
+    out, obs, var, raw = census
+    target = tmp_path / "lung.zarr"
+    assert main(["convert", f"{out}::RNA", str(target), "--layer", "raw", "--obs-filter", LUNG]) == 0
+    lung = open_modality(target)
+    selected = obs["soma_joinid"].to_numpy()[(obs["tissue_general"] == "lung").to_numpy() & obs["is_primary_data"].to_numpy()]
+    np.testing.assert_array_equal(lung.all_obs_names().astype(np.int64), selected)
+    np.testing.assert_array_equal(_dense(lung.read_X([(0, lung.n_obs)])), raw[selected].toarray())
+    assert list(lung.var_names) == list(var["feature_name"])
+    assert set(lung.obs_column("tissue_general").astype(str)) == {"lung"}
+
+
+def test_cli_store_options_apply_to_the_soma_inputs_only(tmp_path):
+    from cellweave.cli import build_parser
+    from cellweave.data import StoreSpec
+    from cellweave.data.spec import specs_from_args
+
+    args = build_parser().parse_args(["fit", "--modality", "rna=census.soma::RNA", "--modality", "adt=adt.zarr",
+                                      "--layer", "raw", "--obs-filter", LUNG, "--feature-key", "feature_id", "--out", "r"])
+    specs = specs_from_args({"rna": "census.soma::RNA", "adt": "adt.zarr"}, args)
+    assert specs == {"rna": StoreSpec("census.soma::RNA", layer="raw", obs_filter=LUNG, feature_key="feature_id"),
+                     "adt": "adt.zarr"}
+    with pytest.raises(InputError, match="--layer, --obs-filter, --feature-key: these options select from TileDB-SOMA"):
+        specs_from_args({"adt": "adt.zarr"}, args)
