@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 from .errors import InputError
 from .log import cli_logging, verbosity_level
@@ -17,11 +18,14 @@ log = logging.getLogger("cellweave.cli")  # also when run as `python -m cellweav
 
 def _cmd_convert(args: argparse.Namespace) -> None:
     from .data.convert import convert
+    from .data.output import output_guard
     from .data.spec import store_options
 
-    for path in convert(args.input, args.out, fmt=args.format, modality=args.modality, kind=args.kind,
+    with output_guard(args.out, overwrite=args.overwrite, refuse_existing=False):  # each store is refused by convert
+        paths = convert(args.input, args.out, fmt=args.format, modality=args.modality, kind=args.kind,
                         labels_csv=args.labels, overwrite=args.overwrite, chunk_rows=args.chunk_rows,
-                        store_options=store_options(args)):
+                        store_options=store_options(args))
+    for path in paths:
         log.info("wrote %s", path)
 
 
@@ -38,9 +42,11 @@ def _parse_modalities(items: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_fit(args: argparse.Namespace) -> None:
+    from .data.output import output_guard
     from .models import METHODS
     from .models.run import read_config
     from .train.distributed import distributed_session, rank, rank_zero_first
+    from .train.trainer import CHECKPOINT
 
     config = args.config or (os.path.join(args.out, "config.toml") if args.resume and not args.modality else None)  # a resumed run reads its own
     cfg = read_config(config) if config else {}
@@ -69,7 +75,13 @@ def _cmd_fit(args: argparse.Namespace) -> None:
                 "config": cfg.get("model"), "kinds": cfg.get("kinds"),
                 "genes_bed": args.genes_bed or cfg.get("genes_bed"), "batch_key": args.batch_key or cfg.get("batch_key"),
                 "seed": int(cfg.get("seed", args.seed)), "progress": True}
-    with distributed_session(str(train.get("device", "auto"))):  # under torchrun: one process group, rank 0 reports
+    if args.resume and args.overwrite:
+        raise InputError("cellweave fit", "--resume/--overwrite", "both given", "pass --resume to continue the run, or "
+                         "--overwrite to replace it")
+    # rank 0 alone holds the run (under torchrun the launcher stops the other ranks when it fails)
+    guard = output_guard(args.out, overwrite=args.overwrite, resume=args.resume, in_place=True,
+                         keep_partial=lambda run: (run / CHECKPOINT).exists()) if os.environ.get("RANK", "0") == "0" else nullcontext()
+    with guard, distributed_session(str(train.get("device", "auto"))):  # under torchrun: one process group, rank 0 reports
         with rank_zero_first():  # rank 0 checks the inputs and caches their statistics; the other ranks read them
             model = model_cls.from_settings(inputs, settings)
         say = log.info if rank() == 0 else (lambda *_: None)
@@ -121,22 +133,24 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> None:
+    from .data.output import output_guard
     from .simulate import simulate_atlas
 
     modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
-    paths = simulate_atlas(args.out, args.cells, modalities=modalities, paired=args.paired, n_batches=args.batches,
-                           fmt=args.format, seed=args.seed, n_genes=args.genes, n_proteins=args.proteins,
-                           n_peaks=args.peaks, overwrite=args.overwrite)
+    with output_guard(args.out, overwrite=args.overwrite):
+        paths = simulate_atlas(args.out, args.cells, modalities=modalities, paired=args.paired, n_batches=args.batches,
+                               fmt=args.format, seed=args.seed, n_genes=args.genes, n_proteins=args.proteins,
+                               n_peaks=args.peaks, overwrite=args.overwrite)
     for name, path in paths.items():
         log.info("%s: %s", name, path)
 
 
 def _cmd_stats(args: argparse.Namespace) -> None:
-    from .data import open_modality
+    from .data.check import open_checked
     from .data.preprocess import compute_stats, highly_variable_features
     from .data.spec import store_options
 
-    store = open_modality(args.path, **store_options(args))
+    store = open_checked(args.path, progress=True, **store_options(args))
     stats = compute_stats(store, target_sum=args.target_sum, progress=True)
     if store.kind == "counts":
         stats = highly_variable_features(store, stats, progress=True)
@@ -153,19 +167,23 @@ def _median(x):
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
+    from .data.output import output_guard
     from .demo import run_demo
 
-    run_demo(cells=args.cells, out=args.out, steps=args.steps)
+    with output_guard(args.out, refuse_existing=False) if args.out else nullcontext():  # the demo replaces its own outputs
+        run_demo(cells=args.cells, out=args.out, steps=args.steps)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .data.output import output_guard
     from .evaluate import EvalSettings, evaluate_to_dir, load_inputs
 
-    embeddings = load_inputs(args.run, args.embedding, args.obsm_key, pre_obsm_key=args.pre_obsm_key)
-    settings = EvalSettings(scheduler=args.scheduler, n_workers=args.workers, chunk_size=args.chunk_size)
-    doc = evaluate_to_dir(embeddings, args.out, label_key=args.label_key, batch_key=args.batch_key,
-                          modality_key=args.modality_key, pair_key=args.pair_key, settings=settings,
-                          plots=not args.no_plots, overwrite=args.overwrite)
+    with output_guard(args.out, overwrite=args.overwrite):
+        embeddings = load_inputs(args.run, args.embedding, args.obsm_key, pre_obsm_key=args.pre_obsm_key)
+        settings = EvalSettings(scheduler=args.scheduler, n_workers=args.workers, chunk_size=args.chunk_size)
+        doc = evaluate_to_dir(embeddings, args.out, label_key=args.label_key, batch_key=args.batch_key,
+                              modality_key=args.modality_key, pair_key=args.pair_key, settings=settings,
+                              plots=not args.no_plots, overwrite=args.overwrite)
     for name, result in doc["embeddings"].items():
         overall = result["aggregate"]["overall"]
         log.info(f"{name}: overall {'NaN' if overall is None else f'{overall:.3f}'}")
@@ -173,13 +191,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_links(args: argparse.Namespace) -> None:
-    from .data.atomic import atomic_write_bytes, check_output_path
+    from .data.atomic import atomic_write_bytes
+    from .data.output import output_guard
     from .models.factvae import FactVAE
 
-    out = check_output_path(args.out, args.overwrite)
-    model = FactVAE.from_run(args.run, device=args.device)
-    table = model.link_scores(args.candidates, n_background=args.n_background, coordinates=args.coordinates)
-    atomic_write_bytes(out, table.sort_values("score", ascending=False).to_csv(sep="\t", index=False).encode())
+    with output_guard(args.out, overwrite=args.overwrite, directory=False) as out:
+        model = FactVAE.from_run(args.run, device=args.device)
+        table = model.link_scores(args.candidates, n_background=args.n_background, coordinates=args.coordinates)
+        atomic_write_bytes(out, table.sort_values("score", ascending=False).to_csv(sep="\t", index=False).encode())
     log.info(f"scored {len(table)} gene-peak pairs ({int((table['qvalue'] < 0.05).sum())} with q < 0.05); wrote {out}")
 
 
@@ -242,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--resume", action="store_true",
                    help="continue the run in --out where it stopped (its config.toml gives the inputs and settings)")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (kept if the new one fails "
+                   "before its first checkpoint)")
     f.add_argument("--out", required=True, help="run directory")
     add_store_arguments(f)
     f.set_defaults(func=_cmd_fit)

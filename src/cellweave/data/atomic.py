@@ -59,7 +59,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an existing output unless ``overwrite``; return the path.
+    """Refuse an existing output unless ``overwrite``; return the path. An empty directory is not an output.
 
     Raises
     ------
@@ -67,7 +67,8 @@ def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
         When ``path`` exists and ``overwrite`` is false.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
+    empty_dir = path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    if (path.exists() or path.is_symlink()) and not empty_dir and not overwrite:
         raise InputError(path, "output path", "already exists", "choose another path or pass --overwrite")
     return path
 

@@ -145,6 +145,24 @@ def open_store(spec: str | os.PathLike | StoreSpec, modality: str | None = None)
         raise InputError(spec, "store", f"cannot be opened ({type(exc).__name__}: {exc})", REWRITE_FIX) from exc
 
 
+def open_checked(spec: str | os.PathLike | StoreSpec, modality: str | None = None, progress: bool = False,
+                 **options: str | None) -> ModalityStore:
+    """Open a store for reading and check it first (:func:`scan_store`): what every reader of a whole store
+    (``stats``, ``convert``, ``fit``) goes through, so a damaged store is refused before anything is computed or
+    written. ``options``: store options (:class:`~cellweave.data.spec.StoreSpec`).
+
+    Raises
+    ------
+    InputError
+        The first problem found.
+    """
+    store = open_store(as_spec(spec, **options) if options else spec, modality)
+    report = scan_store(store, progress=progress)
+    if report.problems:
+        raise report.problems[0]
+    return store
+
+
 def scan_store(store: ModalityStore, chunk_rows: int = CHECK_ROWS, cache: bool = True, progress: bool = False) -> StoreReport:
     """Check one store in one streamed pass (see the module docstring).
 
@@ -325,7 +343,7 @@ def _units(arr) -> Sequence[tuple[tuple[int, ...], tuple[slice, ...]]]:
             for c in itertools.product(*grid)]
 
 
-def _first_bad_unit(root: str, label: str, arr, check: Callable[[np.ndarray], str | None] | None = None) -> InputError | None:
+def first_bad_unit(root: str, label: str, arr, check: Callable[[np.ndarray], str | None] | None = None) -> InputError | None:
     """The first storage unit of ``arr`` that is missing, does not decode, or fails ``check`` (a message)."""
     from zarr.core.sync import sync
 
@@ -354,7 +372,7 @@ def _zarr_integrity(path: str) -> list[InputError]:
     except Exception:  # noqa: BLE001 - not a Zarr store with an X: the store's own reader says what is wrong
         return []
     if isinstance(x, zarr.Array):
-        bad = _first_bad_unit(path, "X", x)
+        bad = first_bad_unit(path, "X", x)
         return [bad] if bad is not None else []
     missing = [k for k in ("data", "indices", "indptr") if k not in x]
     if missing:
@@ -372,7 +390,7 @@ def _zarr_integrity(path: str) -> list[InputError]:
         return None
 
     for name, check in (("indptr", monotone), ("indices", in_range if n_vars else None), ("data", None)):
-        bad = _first_bad_unit(path, f"X/{name}", x[name], check)
+        bad = first_bad_unit(path, f"X/{name}", x[name], check)
         if bad is not None:
             return [bad]
     indptr = np.asarray(x["indptr"][:], dtype=np.int64)

@@ -73,15 +73,15 @@ def convert(input_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "z
         raise InputError(str(out), "--format", f"unknown output format {fmt!r}", "use --format zarr or --format soma")
     src_path = Path(input_path)
     if "::" in str(input_path) or store_options:
-        from .open import open_modality
+        from .check import open_checked
         from .store import StoreSource
 
-        sources: list[ChunkSource] = [StoreSource(open_modality(input_path, **(store_options or {})))]
+        sources: list[ChunkSource] = [StoreSource(open_checked(input_path, progress=progress, **(store_options or {})))]
     elif src_path.is_dir() and ((src_path / "zarr.json").exists() or (src_path / ".zgroup").exists()):
+        from .check import open_checked
         from .store import StoreSource
-        from .zarr_store import ZarrStore
 
-        sources = [StoreSource(ZarrStore(src_path))]
+        sources = [StoreSource(open_checked(src_path, progress=progress))]
     elif labels_csv is not None:
         if src_path.suffix.lower() != ".fcs":
             raise InputError(str(input_path), "--labels", "per-event labels are only read for .fcs inputs",

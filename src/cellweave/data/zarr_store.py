@@ -43,6 +43,18 @@ def write_anndata_elem(group: zarr.Group, key: str, value, chunk_rows: int | Non
     ad.io.write_elem(group, key, value, dataset_kwargs=kwargs)
 
 
+def _checked_indptr(path: str, indptr: np.ndarray, n_obs: int, nnz: int) -> np.ndarray:
+    """CSR row offsets that can be trusted to slice ``data`` (a missing chunk reads as zeros, which would make
+    scipy index out of bounds); the full per-chunk check is :func:`cellweave.data.check.scan_store`."""
+    ptr = np.asarray(indptr, dtype=np.int64)
+    if len(ptr) != n_obs + 1 or (ptr.size and (ptr[0] != 0 or ptr[-1] != nnz or (np.diff(ptr) < 0).any())):
+        from .check import REWRITE_FIX
+
+        raise InputError(f"{path}/X/indptr", "X/indptr", f"row offsets are damaged (they must rise from 0 to {nnz} over "
+                         f"{n_obs + 1} entries)", REWRITE_FIX)
+    return ptr
+
+
 class ZarrWriter:
     """Append matrix rows to a new AnnData-layout Zarr v3 store.
 
@@ -205,7 +217,8 @@ class ZarrStore(ModalityStore):
         if self.sparse:
             self._data = sync(zasync.open_array(store=path, path="X/data", mode="r"))
             self._indices = sync(zasync.open_array(store=path, path="X/indices", mode="r"))
-            self._indptr = zarr.open_array(path, path="X/indptr", mode="r")[:].astype(np.int64)
+            self._indptr = _checked_indptr(path, zarr.open_array(path, path="X/indptr", mode="r")[:], self.n_obs,
+                                           self._data.shape[0])
         else:
             self._dense = sync(zasync.open_array(store=path, path="X", mode="r"))
         self._names = sync(zasync.open_array(store=path, path=f"obs/{self._index_key}", mode="r"))

@@ -70,6 +70,18 @@ def _dense(value, source: str, field: str) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=np.float32)
 
 
+def _check_units(node, source: str, label: str) -> None:
+    """A Zarr array's every chunk is present and decodes (zarr would read a missing chunk as zeros)."""
+    import zarr
+
+    if isinstance(node, zarr.Array):
+        from ..data.check import first_bad_unit
+
+        bad = first_bad_unit(source, label, node)
+        if bad is not None:
+            raise bad
+
+
 def _read_group(group, source: str, keys: Sequence[str | None]) -> tuple[list[np.ndarray | None], pd.DataFrame]:
     """``obsm[key]`` for each key (None passes through) and ``obs`` of an open h5py/zarr AnnData group."""
     available = sorted(group["obsm"].keys()) if "obsm" in group else []
@@ -81,6 +93,7 @@ def _read_group(group, source: str, keys: Sequence[str | None]) -> tuple[list[np
         if key not in available:
             raise InputError(source, f"obsm['{key}']", f"no such embedding (obsm has: {', '.join(available) or 'nothing'})",
                              "pass --obsm-key with one of these")
+        _check_units(group["obsm"][key], source, f"obsm/{key}")
         out.append(_dense(ad.io.read_elem(group["obsm"][key]), source, f"obsm['{key}']"))
     if "obs" not in group:
         raise InputError(source, "obs", "the store has no obs table", "write obs (AnnData layout)")

@@ -4,8 +4,9 @@ A tile holds the dot products ``q.r`` of a block of query rows with :data:`COL_B
 GEMM); a compiled kernel turns each into the distance ``sqrt(max(|q|^2 + |r|^2 - 2 q.r, 0))`` (float32) and
 reduces it on the spot, in one pass: per-group distance sums for silhouettes, closer-than-partner counts for
 FOSCTTM. No N x N matrix exists. The columns are cut at fixed multiples of :data:`COL_BLOCK` whatever the row
-blocks are, and each row is reduced in column order, so every result comes out the same bits however the
-rows are chunked.
+blocks are, and each row is reduced in column order, so the reduction itself does not depend on the row
+chunks; the GEMM does not promise that (BLAS picks its summation order by tile shape, CPU and thread count),
+so results agree across chunkings to float32 rounding of the distances, not bit for bit.
 """
 
 from __future__ import annotations
