@@ -134,6 +134,7 @@ def test_nan_in_later_chunk_leaves_nothing(tmp_path):
 def test_existing_output_and_duplicate_modality(tmp_path):
     out = tmp_path / "exp"
     out.mkdir()
+    write_soma([counts_source(10, 5)], out)  # an empty directory is not an existing output
     with pytest.raises(InputError, match="already exists"):
         write_soma([counts_source(10, 5)], out)
     with pytest.raises(InputError, match="modality 'rna'"):
