@@ -384,6 +384,15 @@ def test_convert_extracts_a_census_query_to_zarr(census, tmp_path):
     assert set(lung.obs_column("tissue_general").astype(str)) == {"lung"}
 
 
+def test_validate_checks_the_query(census, capsys):
+    from cellweave.cli import main
+
+    out, obs, var, raw = census
+    n = int(((obs["tissue_general"] == "lung") & obs["is_primary_data"]).sum())
+    assert main(["validate", f"rna={out}::RNA", "--layer", "raw", "--obs-filter", LUNG, "--batch-key", "donor_id"]) == 0
+    assert f"(counts, {n} cells x 40 features)" in capsys.readouterr().out
+
+
 def test_cli_store_options_apply_to_the_soma_inputs_only(tmp_path):
     from cellweave.cli import build_parser
     from cellweave.data import StoreSpec
