@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
+from pathlib import Path
 
 from .errors import InputError
 from .log import cli_logging, verbosity_level
@@ -42,9 +43,11 @@ def _parse_modalities(items: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_fit(args: argparse.Namespace) -> None:
+    from .data.align import align_store
+    from .data.check import open_store
     from .data.output import output_guard
     from .models import METHODS
-    from .models.run import read_config
+    from .models.run import FEATURES, read_config, read_feature_records
     from .train.distributed import distributed_session, rank, rank_zero_first
     from .train.trainer import CHECKPOINT
 
@@ -67,6 +70,9 @@ def _cmd_fit(args: argparse.Namespace) -> None:
         inputs = dict(cfg.get("inputs", {}))
     if not inputs:
         raise InputError(source, "inputs", "no modality given", "pass --modality NAME=PATH (twice or more) or an [inputs] table")
+    if args.resume and (Path(args.out) / FEATURES).is_dir():  # a resumed run reads its stores aligned to its features
+        records = read_feature_records(args.out, list(inputs))
+        inputs = {m: align_store(open_store(p, m), records[m]) for m, p in inputs.items()}
     method = args.method or cfg.get("method", "scmodal")
     if method not in METHODS:
         raise InputError(source, "method", f"unknown method {method!r}", f"use one of {', '.join(sorted(METHODS))}")
@@ -96,6 +102,42 @@ def _cmd_fit(args: argparse.Namespace) -> None:
             say(learned.summary())
         paths = model.embed()
         say(f"trained {result.step} steps in {dt:.0f}s; embeddings: " + ", ".join(str(p) for p in paths.values()))
+        for m, key in model.soma_keys.items():
+            say(f"{m}: embedding written into SOMA obsm['{key}']")
+
+
+def _cmd_map(args: argparse.Namespace) -> None:
+    from .data.output import output_guard
+    from .models import METHODS
+    from .models.run import read_config
+
+    cfg = read_config(args.run)
+    method = cfg.get("method")
+    if method not in METHODS:
+        raise InputError(args.run, "config.toml", f"unknown method {method!r}", "pass a run written by `cellweave fit`")
+    device = args.device or "auto"
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = METHODS[method].from_run(args.run, device=device, min_overlap=args.min_overlap)
+    with output_guard(args.out, overwrite=args.overwrite, in_place=True):
+        paths = model.map_query(_parse_modalities(args.modality), args.out, batch_key=args.batch_key,
+                                label_key=args.label_key, min_overlap=args.min_overlap, max_steps=args.max_steps,
+                                k=args.k, overwrite=args.overwrite)
+    new = model.query_summary.get("new_batches")
+    if new:
+        print(f"new batches {new}: fitted {model.query_summary['steps']} steps with the reference frozen "
+              f"(loss {model.query_summary['first_loss']:.1f} -> {model.query_summary['last_loss']:.1f})")
+    for m, path in paths.items():
+        print(f"{m}: {path}")
+        if m in model.soma_keys:
+            print(f"{m}: embedding written into SOMA obsm['{model.soma_keys[m]}']")
+    for m, table in model.query_labels.items():
+        line = f"{m}: {args.label_key} transferred to {len(table)} cells (mean confidence {table['confidence'].mean():.2f}"
+        if "true" in table:
+            line += f", accuracy {(table['predicted'] == table['true']).mean():.3f}"
+        print(line + f"); {Path(args.out) / 'labels' / (m + '.tsv')}")
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
@@ -266,6 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="run directory")
     add_store_arguments(f)
     f.set_defaults(func=_cmd_fit)
+
+    q = sub.add_parser("map", help="map new cells onto a trained run: embeddings (and transferred labels) of the query, "
+                       "the reference unchanged")
+    q.add_argument("--run", required=True, help="run directory of `cellweave fit` (its inputs must be readable)")
+    q.add_argument("--modality", action="append", required=True, metavar="NAME=PATH",
+                   help="query cells of one of the run's modalities: .h5ad, .zarr or SOMA_DIR::MEASUREMENT (repeatable); "
+                        "features are aligned to the run's by name")
+    q.add_argument("--out", required=True, help="output directory: embeddings/<modality>.zarr, labels/<modality>.tsv")
+    q.add_argument("--batch-key", help="obs column of the query's batches (scMRDR: unseen batches get new parameters)")
+    q.add_argument("--label-key", help="transfer this obs column of the reference cells to the query (kNN vote)")
+    q.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    q.add_argument("--min-overlap", type=float, default=0.5, help="least share of the model's features a query must have")
+    q.add_argument("--max-steps", type=int, default=500, help="steps fitting the parameters of new batches")
+    q.add_argument("-k", type=int, default=30, help="neighbours of the label vote")
+    q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    q.set_defaults(func=_cmd_map)
 
     v = sub.add_parser("validate", help="check stores before fitting: damaged chunks, NaN/Inf, counts, empty cells, ids, "
                        "obs keys, links (one streamed pass each)")

@@ -245,7 +245,14 @@ def highly_variable_features(store: ModalityStore, stats: FeatureStats, chunk: i
 def load_or_compute_stats(store: ModalityStore, target_sum: float | None = DEFAULT_TARGET_SUM, hvg: bool = True,
                           progress: bool = False) -> FeatureStats:
     """Statistics kept beside the store, computed (and saved) on first use or when ``target_sum`` or the data
-    changed."""
+    changed. A store aligned to a run's features (:class:`~cellweave.data.align.AlignedStore`) gives the run's
+    recorded statistics instead: new cells are transformed as the training cells were."""
+    reference = getattr(store, "reference_stats", None)
+    if reference is not None:
+        if hvg and store.kind == "counts" and reference.hvg_rank is None:
+            raise InputError(store.path, "statistics", "the run recorded no highly variable feature ranks for this modality",
+                             "use the settings the run was fitted with")
+        return reference
     directory = store.stats_dir
     if (directory / "stats.npz").exists() and still_current(store, directory / "stats.npz"):
         stats = FeatureStats.load(directory)

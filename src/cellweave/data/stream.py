@@ -104,6 +104,11 @@ class ModalityReader:
             self.mask = torch.from_numpy(mask)
         else:
             self.src, self.dst, self.n_out, self.mask = pos, np.arange(len(pos)), len(pos), None
+        present = getattr(store, "present", None)  # a store aligned to a run's features: recorded ones it lacks
+        if present is not None and not present[self.src].all():
+            mask = np.zeros(self.n_out, dtype=bool) if self.mask is None else self.mask.numpy().copy()
+            mask[self.dst] = present[self.src]
+            self.mask = torch.from_numpy(mask)
         self.identity_columns = self.n_out == store.n_vars and np.array_equal(self.src, np.arange(store.n_vars)) and np.array_equal(self.dst, self.src)
         self.center = self.scale = None
         if pp is not None and pp.scale:

@@ -2,8 +2,12 @@
 
 A model subclass says how to build its training module and its streams; this base checks the inputs
 (:func:`~cellweave.data.check.check_inputs`), runs training through the one :class:`~cellweave.train.Trainer`,
-writes ``RUN/config.toml``, and writes embeddings chunk by chunk to ``RUN/embeddings/<modality>.zarr`` (and back
-into SOMA ``obsm`` for SOMA inputs).
+writes ``RUN/config.toml`` and each modality's feature record (``RUN/features/``), and writes embeddings chunk by
+chunk to ``RUN/embeddings/<modality>.zarr`` (and back into SOMA ``obsm`` under the run's own key for SOMA inputs).
+
+A model rebuilt from a run (:meth:`IntegrationModel.from_run`) reads every store aligned by name to the features
+the run recorded (:mod:`cellweave.data.align`); :meth:`IntegrationModel.map_query` embeds new cells the same way
+(:mod:`cellweave.models.mapping`).
 
 Under ``torch.distributed`` (``torchrun``) every rank trains on its shard of the cells, rank 0 alone writes the
 run's files, and every rank embeds its own rows of each embedding store.
@@ -11,6 +15,7 @@ run's files, and every rank embeds its own rows of each embedding store.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
@@ -25,6 +30,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from ..data import CellBatch, CellStream, ModalityStore, Preprocess
+from ..data.align import MIN_OVERLAP, FeatureRecord, align_store
 from ..data.check import check_inputs, check_obs_keys, open_store
 from ..data.embeddings import EmbeddingWriter, write_soma_obsm
 from ..data.spec import input_record
@@ -34,7 +40,7 @@ from ..train.checkpoint import load as load_checkpoint
 from ..train.distributed import on_rank_zero, rank
 from ..train.trainer import CHECKPOINT, TrainResult
 from .inputs import StoreLike, open_inputs
-from .run import CONFIG, write_config
+from .run import CONFIG, read_feature_records, read_run_config, soma_obsm_key, write_config, write_feature_records
 
 EMBEDDING_KEY = "X_cellweave"
 EMBED_BATCH = 4096
@@ -68,6 +74,7 @@ class IntegrationModel(ABC):
         self.run_dir: Path | None = None
         self.result: TrainResult | None = None
         self.device = torch.device("cpu")
+        self.soma_keys: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, modalities: Mapping[str, StoreLike], settings: Mapping[str, Any]) -> IntegrationModel:
@@ -82,6 +89,46 @@ class IntegrationModel(ABC):
             raise InputError(f"cellweave fit --method {cls.method}", unknown[0], "not a setting of this method",
                              f"drop it; {cls.__name__} takes: {', '.join(sorted(accepted))}")
         return cls(modalities, **{k: v for k, v in settings.items() if k in accepted})
+
+    @classmethod
+    def run_settings(cls, cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+        """Constructor settings of a run, from its ``config.toml`` (models with files in the run add theirs)."""
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        values = {k: cfg.get(k) for k in ("links", "links_augment", "kinds", "genes_bed", "batch_key", "label_key")}
+        values |= {"config": cfg.get("model"), "seed": int(cfg.get("seed", 0))}
+        return {k: v for k, v in values.items() if k in accepted and v is not None}
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, device: str = "cpu",
+                 modalities: Mapping[str, StoreLike] | None = None, min_overlap: float = MIN_OVERLAP) -> IntegrationModel:
+        """The trained model of a run directory, every store aligned by name to the features the run recorded.
+
+        Parameters
+        ----------
+        run_dir
+            A run written by :meth:`fit`.
+        device
+            Where the weights go.
+        modalities
+            Stores to read instead of the run's inputs (same modality names; their features are aligned to the
+            run's by name: permuted features give the same values, missing ones are filled, see
+            :func:`~cellweave.data.align.align_store`).
+        min_overlap
+            Least share of the model's features each store must have.
+        """
+        run_dir = Path(run_dir)
+        cfg = read_run_config(run_dir, cls.method)
+        inputs = dict(cfg["inputs"]) | dict(modalities or {})
+        records = read_feature_records(run_dir, list(inputs))
+        stores = {}
+        for m, spec in inputs.items():
+            store = spec if isinstance(spec, ModalityStore) else open_store(spec, m)
+            store.modality = m
+            stores[m] = align_store(store, records[m], min_overlap)
+        model = cls(stores, **cls.run_settings(cfg, run_dir))
+        model.records = records
+        model.load_weights(run_dir, device)
+        return model
 
     # ---- what a model defines ----------------------------------------------------------------------------
     @abstractmethod
@@ -111,6 +158,18 @@ class IntegrationModel(ABC):
     def stream_options(self, modality: str) -> dict[str, Any]:
         """Extra :class:`~cellweave.data.CellStream` arguments at inference (batch key, feature space ...)."""
         return {}
+
+    def input_features(self, modality: str) -> list[str] | None:
+        """The features of ``modality``'s store the model reads (``None``: all); recorded with the run, the
+        minimum overlap of a store read again is counted on them."""
+        return None
+
+    def feature_records(self) -> dict[str, FeatureRecord]:
+        """Each modality's feature record: the run's when the model was rebuilt from one, else its stores'."""
+        recorded = getattr(self, "records", None)
+        if recorded is not None:
+            return dict(recorded)
+        return {m: FeatureRecord.of(s, self.input_features(m)) for m, s in self.stores.items()}
 
     def obs_keys_used(self) -> list[str]:
         """Obs columns the model reads from every modality (its ``batch_key`` and ``label_key`` when set)."""
@@ -155,9 +214,12 @@ class IntegrationModel(ABC):
         torch.manual_seed(self.seed)
         self.module = self.build_module()
         if self.run_dir is not None and rank() == 0:
+            soma = any(_is_soma(_unaligned(s)) for s in self.stores.values())
             write_config(self.run_dir, self.config_dict() | {"train": {"max_steps": max_steps, "device": str(device),
                                                                        "precision": precision, "num_workers": num_workers,
-                                                                       "checkpoint_every": checkpoint_every}})
+                                                                       "checkpoint_every": checkpoint_every},
+                                                             "soma_obsm_key": soma_obsm_key(self.run_dir) if soma else None})
+            write_feature_records(self.run_dir, self.feature_records())
         trainer = Trainer(max_steps, device=device, precision=precision, grad_clip=self.grad_clip, seed=self.seed,
                           num_workers=num_workers,
                           checkpoint_every=checkpoint_every, run_dir=self.run_dir, progress=progress, log_every=log_every,
@@ -212,8 +274,10 @@ class IntegrationModel(ABC):
 
         Each store is an AnnData Zarr store whose obs_names are the input cell ids and whose
         ``obsm['X_cellweave']`` holds the latent (plus any model-specific keys). For a SOMA input the latent is
-        also written into the measurement's ``obsm``. A store appears complete or not at all: it is written
-        under a temporary name and renamed at the end.
+        also written into the measurement's ``obsm`` under the run's own key (``X_cellweave_<run name>``, see
+        :func:`~cellweave.models.run.soma_obsm_key`; ``X_cellweave`` without a run directory), kept in
+        :attr:`soma_keys`. A store appears complete or not at all: it is written under a temporary name and
+        renamed at the end.
 
         Under ``torch.distributed`` every rank embeds its own rows (whole chunks) of each store and rank 0
         renames it once all ranks are done (see :class:`~cellweave.data.embeddings.EmbeddingWriter`); call it
@@ -247,11 +311,48 @@ class IntegrationModel(ABC):
                         out = {k: v.float().cpu().numpy() for k, v in self.embed_batch(m, batch).items()}
                         writer.write(batch.rows.cpu().numpy(), out)
                         bar.update(len(batch))
-            if write_soma and _is_soma(store):
-                on_rank_zero(lambda store=store, path=path: write_soma_obsm(store, EMBEDDING_KEY, _obsm_array(path)))
+            soma = _unaligned(store)
+            if write_soma and _is_soma(soma):
+                key = EMBEDDING_KEY if self.run_dir is None else soma_obsm_key(self.run_dir)
+                on_rank_zero(lambda soma=soma, path=path, key=key: write_soma_obsm(soma, key, _obsm_array(path)))
+                self.soma_keys[m] = key
             paths[m] = path
         module.train()
         return paths
+
+
+    # ---- query mapping --------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def serving(self, modality: str, store: ModalityStore, batch_key: str | None = None) -> Iterator[None]:
+        """Read ``store`` (aligned to the model's features) as ``modality`` inside the block; the model's own store
+        is back afterwards. ``batch_key``: the store's batch column (models with batch covariates)."""
+        old = self.stores[modality]
+        self.stores[modality] = store
+        try:
+            yield
+        finally:
+            self.stores[modality] = old
+
+    def adapt_to_query(self, stores: Mapping[str, ModalityStore], batch_key: str | None, max_steps: int,
+                       progress: bool) -> dict[str, Any]:
+        """Fit what the query needs besides the trained weights (models with batch covariates: parameters of new
+        batches, everything else frozen); returns a summary. Without batch covariates: nothing."""
+        return {}
+
+    def map_query(self, queries: Mapping[str, StoreLike], out_dir: str | os.PathLike, batch_key: str | None = None,
+                  label_key: str | None = None, min_overlap: float = MIN_OVERLAP, max_steps: int = 500, k: int = 30,
+                  overwrite: bool = True, progress: bool = True) -> dict[str, Path]:
+        """Embed new cells into the trained latent space without changing the model (see
+        :func:`cellweave.models.mapping.map_query`)."""
+        from .mapping import map_query
+
+        return map_query(self, queries, out_dir, batch_key=batch_key, label_key=label_key, min_overlap=min_overlap,
+                         max_steps=max_steps, k=k, overwrite=overwrite, progress=progress)
+
+
+def _unaligned(store: ModalityStore) -> ModalityStore:
+    """The store under an alignment view (the store itself otherwise)."""
+    return getattr(store, "base", store)
 
 
 def _is_soma(store: ModalityStore) -> bool:

@@ -36,7 +36,6 @@ from .paired import (
     run_reductions,
     save_reductions,
 )
-from .run import read_run_config
 
 CODE_KEY = "cvqvae_code"
 #: The stream transform of reduced cells: their values as cached.
@@ -137,6 +136,9 @@ class CVQVAE(IntegrationModel):
     def stream_options(self, modality: str) -> dict[str, Any]:
         return {"batch_key": self.batch_key}
 
+    def input_features(self, modality: str) -> list[str]:
+        return list(self.reductions[modality].features)
+
     def build_module(self) -> CVQVAEModule:
         c = self.config
         return CVQVAEModule({m: r.n_components for m, r in self.reductions.items()}, n_batches=len(self.batches),
@@ -186,16 +188,9 @@ class CVQVAE(IntegrationModel):
         return super().fit(max_steps, run_dir=run_dir, **kwargs)
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, device: str = "cpu") -> CVQVAE:
-        """The trained model of a run directory (its config, input reductions and checkpoint)."""
-        run_dir = Path(run_dir)
-        cfg = read_run_config(run_dir, cls.method)
-        inputs = cfg["inputs"]
-        model = cls(inputs, config=cfg.get("model"), batch_key=cfg.get("batch_key"), kinds=cfg.get("kinds"),
-                    seed=int(cfg.get("seed", 0)), reductions=run_reductions(run_dir, list(inputs)))
-        model.load_weights(run_dir, device)
-        return model
-
+    def run_settings(cls, cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+        """The run's settings and the input reductions it saved."""
+        return super().run_settings(cfg, run_dir) | {"reductions": run_reductions(run_dir, list(cfg["inputs"]))}
 
 def _kind(name: str, kinds: Mapping[str, str] | None) -> str:
     """The modality's kind when given or told by its name, else ``"other"`` (any kind but peaks gets a PCA)."""

@@ -33,7 +33,6 @@ from .factvae_pairs import index_pairs, read_pair_table, window_pairs
 from .config import config_from_dict
 from .inputs import StoreLike, checked_stats, modality_kind
 from .paired import check_paired, fitted_reductions, lsi_settings, pca_settings, run_reductions, save_reductions
-from .run import read_run_config
 
 PAIRS = "gene_peak_pairs.tsv"
 JOINT = "joint.zarr"
@@ -204,6 +203,9 @@ class FactVAE(IntegrationModel):
     # ---- IntegrationModel hooks ---------------------------------------------------------------------------
     def preprocess(self, modality: str) -> Preprocess:
         return Preprocess(normalize=False, features=self.features[modality], scale=False, max_value=None)
+
+    def input_features(self, modality: str) -> list[str]:
+        return list(self.features[modality])
 
     def _encoder_key(self, modality: str) -> str:
         return f"{modality}_{self.reductions[modality].method}"
@@ -383,22 +385,22 @@ class FactVAE(IntegrationModel):
         return scores
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, device: str = "cpu") -> FactVAE:
-        """The trained model of a run directory (its config, gene-peak pairs, reductions and checkpoint)."""
-        run_dir = Path(run_dir)
-        cfg = read_run_config(run_dir, cls.method)
-        inputs = cfg["inputs"]
-        model = cls(inputs, links=run_dir / PAIRS, config=cfg.get("model"), kinds=cfg.get("kinds"),
-                    genes_bed=cfg.get("genes_bed"), seed=int(cfg.get("seed", 0)),
-                    reductions=run_reductions(run_dir, list(inputs)))
+    def run_settings(cls, cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+        """The run's settings, its gene-peak pairs and the input reductions it saved."""
+        return super().run_settings(cfg, run_dir) | {"links": run_dir / PAIRS,
+                                                     "reductions": run_reductions(run_dir, list(cfg["inputs"]))}
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, device: str = "cpu", **options: Any) -> FactVAE:
+        """The trained model of a run directory (see :meth:`IntegrationModel.from_run`), checked against the
+        features the run modelled."""
+        model = super().from_run(run_dir, device, **options)
         for m in model.features:
-            saved = (run_dir / f"features_{m}.txt").read_text().split()
+            saved = (Path(run_dir) / f"features_{m}.txt").read_text().split()
             if saved != model.features[m]:
                 raise InputError(run_dir, f"features_{m}.txt", f"the {m!r} features of the run differ from the store's "
                                  "current selection", "rerun the fit on the current stores")
-        model.load_weights(run_dir, device)
         return model
-
 
 def _roles(kinds: Mapping[str, str]) -> tuple[str, str]:
     """The RNA and the ATAC modality names."""

@@ -6,12 +6,18 @@ Layout::
     RUN/checkpoint.pt        trainer checkpoint (weights, optimizers, RNG, stream position)
     RUN/losses.csv           loss log;  RUN/loss_curves.png  its plot
     RUN/model.json           what is needed to rebuild the module (feature lists, link matrices' shapes)
+    RUN/features/<m>.npz     each modality's feature names (and ids), the features the model reads and the
+                             preprocessing statistics it used: every later read aligns to them by name
     RUN/embeddings/<m>.zarr  AnnData Zarr per modality: obs_names = input cell ids, obsm['X_cellweave']
+
+Embeddings of a SOMA input are also written into its measurement's ``obsm`` under the run's own key
+(:func:`soma_obsm_key`, recorded in ``config.toml`` as ``soma_obsm_key``), so a second run never replaces the first.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,10 +25,32 @@ from typing import Any
 
 import tomli_w
 
+from ..data.align import FeatureRecord
 from ..data.atomic import atomic_write_bytes
 from ..errors import InputError
 
 CONFIG = "config.toml"
+FEATURES = "features"
+#: Prefix of the per-run ``obsm`` key of embeddings written into SOMA.
+SOMA_KEY_PREFIX = "X_cellweave_"
+
+
+def soma_obsm_key(run_dir: str | os.PathLike) -> str:
+    """The ``obsm`` key a run writes its SOMA embeddings under: ``X_cellweave_<run directory name>`` (characters
+    other than letters, digits, ``_``, ``-`` and ``.`` become ``_``)."""
+    name = Path(os.path.abspath(run_dir)).name
+    return SOMA_KEY_PREFIX + (re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "run")
+
+
+def write_feature_records(run_dir: str | os.PathLike, records: Mapping[str, FeatureRecord]) -> None:
+    """Write each modality's :class:`~cellweave.data.align.FeatureRecord` to ``RUN/features/<modality>.npz``."""
+    for m, record in records.items():
+        record.save(Path(run_dir) / FEATURES / f"{m}.npz")
+
+
+def read_feature_records(run_dir: str | os.PathLike, modalities: list[str]) -> dict[str, FeatureRecord]:
+    """The run's feature records of ``modalities`` (an error names a run that predates them)."""
+    return {m: FeatureRecord.load(Path(run_dir) / FEATURES / f"{m}.npz") for m in modalities}
 
 
 def write_config(run_dir: str | os.PathLike, config: Mapping[str, Any]) -> Path:

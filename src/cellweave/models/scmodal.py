@@ -228,6 +228,9 @@ class SCMODAL(IntegrationModel):
     def preprocess(self, modality: str) -> Preprocess:
         return Preprocess(features=self.features[modality], scale=True, max_value=self.config.max_value)
 
+    def input_features(self, modality: str) -> list[str]:
+        return list(self.features[modality])
+
     def stream_options(self, modality: str) -> dict[str, Any]:
         return {"stats": self.stats[modality]}
 

@@ -15,6 +15,7 @@ panel (the paper's tri-modal setting). Each modality is reconstructed only on th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,6 +36,7 @@ from .base import EMBED_BATCH, IntegrationModel
 from .config import config_from_dict
 from .inputs import StoreLike, checked_stats, modality_kind
 from .scmrdr_module import COUNT_LIKELIHOODS, LIKELIHOODS, SCMRDRModule
+from .scmrdr_query import QueryBatches, fit_query_batches
 from .union_space import (
     GENE_LEVEL_KINDS,
     ModalitiesInTurn,
@@ -226,6 +228,7 @@ class SCMRDR(IntegrationModel):
         self.space: UnionSpace = build_union_space(self.stores, self.kinds, self.links, self._selected())
         self.readers = {m: UnionReader(s, self.space, codes[m], self.batch_categories) for m, s in self.stores.items()}
         self.splits = {m: validation_split(s.n_obs, self.config.val_fraction, seed, m) for m, s in self.stores.items()}
+        self.query_batches: QueryBatches | None = None
 
     def _likelihoods(self) -> dict[str, str]:
         c = self.config
@@ -263,6 +266,11 @@ class SCMRDR(IntegrationModel):
         """Raw values: the module takes ``log1p`` itself and needs the counts for its likelihood."""
         return Preprocess(normalize=False, max_value=None)
 
+    def input_features(self, modality: str) -> list[str]:
+        """The store's features that reach a union column."""
+        names = self.stores[modality].var_names
+        return [str(f) for f in names[np.diff(self.space.maps[modality].indptr) > 0]]
+
     def build_module(self) -> SCMRDRModule:
         c = self.config
         return SCMRDRModule(self.space.n_features, list(self.stores), likelihoods=self.likelihoods,
@@ -291,7 +299,60 @@ class SCMRDR(IntegrationModel):
             yield b.to(self.device)
 
     def embed_batch(self, modality: str, batch: CellBatch) -> dict[str, torch.Tensor]:
+        if self.query_batches is not None and batch.batch is not None:
+            return self.query_batches.embed(self.module, modality, batch)
         return self.module.embed(modality, batch)
+
+    # ---- query mapping --------------------------------------------------------------------------------------
+    def _query_codes(self, store: ModalityStore, batch_key: str | None) -> tuple[np.ndarray | None, list[str]]:
+        """Codes of the store's cells over the reference batches followed by the new ones (sorted)."""
+        if batch_key is None or not self.batch_categories:
+            return None, list(self.batch_categories)
+        values = store.require_obs_key(batch_key).astype(str).to_numpy()
+        new = [] if self.query_batches is None else self.query_batches.categories
+        categories = pd.Index(list(self.batch_categories) + new)
+        codes = categories.get_indexer(values)
+        if (codes < 0).any():
+            raise InputError(store.path, f"obs['{batch_key}']", f"batch {values[codes < 0][0]!r} is neither a reference "
+                             "batch nor a fitted new one", "map the store with map_query(..., batch_key=...)")
+        return codes.astype(np.int64), categories.tolist()
+
+    @contextlib.contextmanager
+    def serving(self, modality: str, store: ModalityStore, batch_key: str | None = None) -> Iterator[None]:
+        codes, categories = self._query_codes(store, batch_key)
+        old = self.readers[modality]
+        self.readers[modality] = UnionReader(store, self.space, codes, categories)
+        try:
+            with super().serving(modality, store, batch_key):
+                yield
+        finally:
+            self.readers[modality] = old
+
+    def adapt_to_query(self, stores: Mapping[str, ModalityStore], batch_key: str | None, max_steps: int,
+                       progress: bool) -> dict[str, Any]:
+        """Batches of the query the model has not seen get new first-layer parameters in the encoders and the
+        decoder, fitted for ``max_steps`` steps on the query cells with every trained weight frozen
+        (:mod:`cellweave.models.scmrdr_query`). Without a batch covariate (or new batches): nothing to fit."""
+        if batch_key is None or not self.batch_categories:
+            return {}
+        seen = set(self.batch_categories)
+        new = sorted({str(v) for s in stores.values() for v in s.require_obs_key(batch_key).astype(str)} - seen)
+        if not new:
+            return {"new_batches": []}
+        module = self._require_module()
+        self.query_batches = None
+        query = QueryBatches(module, new)
+        self.query_batches = query
+        streams = {}
+        for m, store in stores.items():
+            codes, categories = self._query_codes(store, batch_key)
+            reader = UnionReader(store, self.space, codes, categories)
+            streams[m] = UnionStream(reader, min(self.config.batch_size, store.n_obs), seed=self.seed, rank=0, world_size=1,
+                                     drop_last=store.n_obs >= self.config.batch_size)
+        torch.manual_seed(self.seed)
+        losses = fit_query_batches(module, query, streams, max_steps, self.device, progress=progress)
+        return {"new_batches": new, "steps": len(losses), "first_loss": losses[0] if losses else None,
+                "last_loss": losses[-1] if losses else None}
 
     def config_dict(self) -> dict[str, Any]:
         return {"method": self.method, "seed": self.seed, "inputs": dict(self.inputs), "kinds": self.kinds,

@@ -203,10 +203,12 @@ class SCMRDRModule(TrainingModule):
         """Measured columns of ``modality`` as the loss uses them (``None``: every column counts, the ablation)."""
         return self.measured[self.modalities.index(modality)] if self.masked else None
 
-    def reconstruction_nll(self, modality: str, heads: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Per-entry negative log-likelihood ``(cells, G)`` of ``x`` under ``modality``'s likelihood."""
+    def reconstruction_nll(self, modality: str, heads: Mapping[str, torch.Tensor], x: torch.Tensor,
+                           mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-entry negative log-likelihood ``(cells, G)`` of ``x`` under ``modality``'s likelihood (``mask``: the
+        measured columns, default the modality's; with the mask off every column counts)."""
         i = self.modalities.index(modality)
-        mask = self.loss_mask(modality)
+        mask = self.loss_mask(modality) if mask is None or not self.masked else mask
         likelihood = self.likelihoods[modality]
         if likelihood == "gaussian":
             return -log_gaussian(x, heads["mean"].float(), log_var=self.log_var[i])
@@ -238,8 +240,8 @@ class SCMRDRModule(TrainingModule):
                 raise InputError(f"modality {name!r}", "n_vars", f"the minibatch has {b.n_vars} columns, the model "
                                  f"{self.n_features}", "lay every modality out in the same union feature space")
             i = self.modalities.index(name)
-            if b.mask is not None and not torch.equal(b.mask.to(device=device, dtype=torch.bool), self.measured[i]):
-                raise InputError(f"modality {name!r}", "mask", "the minibatch's measured columns differ from the module's masks",
+            if b.mask is not None and bool((b.mask.to(device=device, dtype=torch.bool) & ~self.measured[i]).any()):
+                raise InputError(f"modality {name!r}", "mask", "the minibatch measures columns the module's mask leaves out",
                                  "build the module with masks= taken from the stream's feature space")
             x = b.dense(device).float()
             xs.append(x)

@@ -212,7 +212,11 @@ class UnionReader(ModalityReader):
         self.layout = space.maps[store.modality]
         self.union_features = space.features
         self.n_out = space.n_features
-        self.mask = torch.from_numpy(space.masks[store.modality])
+        mask = space.masks[store.modality]
+        present = getattr(store, "present", None)  # aligned to a run's features: union columns it cannot fill
+        if present is not None and not present.all():
+            mask = mask & (np.asarray(abs(self.layout[present]).sum(0)).ravel() > 0)
+        self.mask = torch.from_numpy(mask)
         self.identity_columns = False
         self.batch_codes, self.batch_categories = batch_codes, list(batch_categories)
 

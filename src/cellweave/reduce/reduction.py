@@ -212,7 +212,8 @@ class Reduction:
 
     def reduce_batch(self, batch: CellBatch, modality: str | None = None) -> CellBatch:
         """The reduced cells of a raw :class:`~cellweave.data.CellBatch` as a dense batch (same cells, same
-        covariates, ``library_size`` kept); the batch must hold raw values of ``features``."""
+        covariates, ``library_size`` kept); the batch must hold raw values of ``features``. Columns outside the
+        batch's ``mask`` (features its store lacks) contribute nothing: their transformed value is the centre."""
         if batch.center is not None:
             raise InputError(f"{self.method} reduction", "batch", "the batch is scaled; reductions read raw values",
                              "stream the modality with Preprocess(normalize=False, features=reduction.features)")
@@ -220,7 +221,11 @@ class Reduction:
         if x.shape[1] != self.n_features:
             raise InputError(f"{self.method} reduction", "batch", f"{x.shape[1]} columns, the reduction reads {self.n_features}",
                              "stream the modality with features=reduction.features")
-        z = self.project(self.input.apply(x.float(), batch.library_size)).float().contiguous()
+        v = self.input.apply(x.float(), batch.library_size)
+        if batch.mask is not None:  # features the cells' store lacks (aligned to a run): centred to zero
+            v = v.to_dense() if v.layout == torch.sparse_csr else v
+            v = torch.where(batch.mask.to(v.device), v, torch.as_tensor(self.mean, dtype=v.dtype, device=v.device))
+        z = self.project(v).float().contiguous()
         return replace(batch, modality=modality or batch.modality, values=z, crow_indices=None, col_indices=None,
                        n_vars=self.n_components, mask=None, center=None, scale=None, max_value=None)
 
