@@ -120,24 +120,26 @@ def _cmd_map(args: argparse.Namespace) -> None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    from .data.spec import specs_from_args
+
     model = METHODS[method].from_run(args.run, device=device, min_overlap=args.min_overlap)
     with output_guard(args.out, overwrite=args.overwrite, in_place=True):
-        paths = model.map_query(_parse_modalities(args.modality), args.out, batch_key=args.batch_key,
-                                label_key=args.label_key, min_overlap=args.min_overlap, max_steps=args.max_steps,
-                                k=args.k, overwrite=args.overwrite)
+        paths = model.map_query(specs_from_args(_parse_modalities(args.modality), args), args.out,
+                                batch_key=args.batch_key, label_key=args.label_key, min_overlap=args.min_overlap,
+                                max_steps=args.max_steps, k=args.k, overwrite=args.overwrite)
     new = model.query_summary.get("new_batches")
     if new:
-        print(f"new batches {new}: fitted {model.query_summary['steps']} steps with the reference frozen "
+        log.info(f"new batches {new}: fitted {model.query_summary['steps']} steps with the reference frozen "
               f"(loss {model.query_summary['first_loss']:.1f} -> {model.query_summary['last_loss']:.1f})")
     for m, path in paths.items():
-        print(f"{m}: {path}")
+        log.info(f"{m}: {path}")
         if m in model.soma_keys:
-            print(f"{m}: embedding written into SOMA obsm['{model.soma_keys[m]}']")
+            log.info(f"{m}: embedding written into SOMA obsm['{model.soma_keys[m]}']")
     for m, table in model.query_labels.items():
         line = f"{m}: {args.label_key} transferred to {len(table)} cells (mean confidence {table['confidence'].mean():.2f}"
         if "true" in table:
             line += f", accuracy {(table['predicted'] == table['true']).mean():.3f}"
-        print(line + f"); {Path(args.out) / 'labels' / (m + '.tsv')}")
+        log.info(line + f"); {Path(args.out) / 'labels' / (m + '.tsv')}")
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
@@ -323,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-steps", type=int, default=500, help="steps fitting the parameters of new batches")
     q.add_argument("-k", type=int, default=30, help="neighbours of the label vote")
     q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_store_arguments(q)
     q.set_defaults(func=_cmd_map)
 
     v = sub.add_parser("validate", help="check stores before fitting: damaged chunks, NaN/Inf, counts, empty cells, ids, "

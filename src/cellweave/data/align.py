@@ -74,7 +74,7 @@ class FeatureRecord:
 
             if still_current(store, Path(store.stats_dir) / "stats.npz"):
                 stats = FeatureStats.load(store.stats_dir)
-        ids = getattr(store, "var_ids", None)
+        ids = getattr(store, "feature_ids", None)
         return cls(store.modality, store.kind, [str(v) for v in store.var_names],
                    None if ids is None else [str(v) for v in ids], None if used is None else [str(v) for v in used], stats)
 
@@ -143,11 +143,16 @@ class AlignedStore(ModalityStore):
         self.sparse = base.sparse
         self.var_names = pd.Index(record.var_names)
         self.reference_stats = record.stats
-        if base.var_names.has_duplicates:
-            dup = base.var_names[base.var_names.duplicated()][:3].tolist()
-            raise InputError(base.path, "var_names", f"feature names repeat (e.g. {dup}), so they cannot be aligned by name",
+        base_ids = getattr(base, "feature_ids", None)
+        if record.var_ids is not None and base_ids is not None:  # stable ids on both sides: match those
+            self.matched_by, have, wanted = "feature ids", pd.Index(base_ids), pd.Index(record.var_ids)
+        else:
+            self.matched_by, have, wanted = "feature names", pd.Index(base.var_names), self.var_names
+        if have.has_duplicates:
+            dup = have[have.duplicated()][:3].tolist()
+            raise InputError(base.path, "var_names", f"{self.matched_by} repeat (e.g. {dup}), so they cannot be aligned",
                              "give every feature a unique name")
-        self.src = base.var_names.get_indexer(self.var_names)  # base column of each recorded feature (-1: missing)
+        self.src = have.get_indexer(wanted)  # base column of each recorded feature (-1: missing)
         self.present = self.src >= 0
         self.identity = base.n_vars == len(self.var_names) and np.array_equal(self.src, np.arange(len(self.src)))
         dst = np.full(base.n_vars, -1, dtype=np.int64)
@@ -159,8 +164,14 @@ class AlignedStore(ModalityStore):
         return getattr(self.base, "fork_safe", True)
 
     @property
-    def var_ids(self):
-        return self.record.var_ids
+    def spec(self):
+        """The base store's :class:`~cellweave.data.spec.StoreSpec` (SOMA query), when it has one."""
+        return getattr(self.base, "spec", None)
+
+    @property
+    def feature_ids(self) -> pd.Index | None:
+        """The recorded feature ids (in the recorded order), when the training store had them."""
+        return None if self.record.var_ids is None else pd.Index(self.record.var_ids)
 
     @property
     def obs_keys(self) -> list[str]:
@@ -208,7 +219,8 @@ class AlignedStore(ModalityStore):
 
 
 def align_store(store: ModalityStore, record: FeatureRecord, min_overlap: float = MIN_OVERLAP) -> AlignedStore:
-    """``store`` laid out in the recorded features of its modality, by name.
+    """``store`` laid out in the recorded features of its modality, by name (by feature id when the run recorded
+    ids and the store has them, e.g. Ensembl ids of a Census-shaped SOMA measurement).
 
     Parameters
     ----------
@@ -234,14 +246,14 @@ def align_store(store: ModalityStore, record: FeatureRecord, min_overlap: float 
                          f"trained on {record.kind}", f"pass the {record.kind} layer/store of the cells")
     aligned = AlignedStore(store, record)
     wanted = pd.Index(record.model_features)
-    have = wanted.isin(store.var_names)
+    have = aligned.present[pd.Index(record.var_names).get_indexer(wanted)]
     share = float(have.mean()) if len(wanted) else 1.0
     if share < min_overlap:
         example = wanted[~have][:3].tolist()
         raise InputError(store.path, "var_names", f"has {have.sum()} of the {len(wanted)} features the model of "
                          f"modality {record.modality!r} reads ({share:.0%}; at least {min_overlap:.0%} needed; "
                          f"missing e.g. {example})",
-                         "pass a store measuring the run's features (same names, e.g. the same gene symbols or ids)")
+                         f"pass a store measuring the run's features (matched by {aligned.matched_by})")
     if share < 1.0:
         warnings.warn(f"{store.path}: {1 - share:.1%} of the {len(wanted)} features the model of modality "
                       f"{record.modality!r} reads are missing ({int((~have).sum())}, e.g. {wanted[~have][:3].tolist()}); "
