@@ -241,7 +241,8 @@ class SCMRDRModule(TrainingModule):
                                  f"{self.n_features}", "lay every modality out in the same union feature space")
             i = self.modalities.index(name)
             if b.mask is not None and bool((b.mask.to(device=device, dtype=torch.bool) & ~self.measured[i]).any()):
-                raise InputError(f"modality {name!r}", "mask", "the minibatch measures columns the module's mask leaves out",
+                raise InputError(f"modality {name!r}", "mask", "the minibatch's measured columns differ from the module's masks "
+                                 "(it measures columns they leave out)",
                                  "build the module with masks= taken from the stream's feature space")
             x = b.dense(device).float()
             xs.append(x)
