@@ -96,6 +96,29 @@ def test_map_of_the_training_cells_lands_where_fit_put_them_even_with_permuted_g
     assert main(["map", "--run", str(root / "run"), "--modality", f"rna={permuted}", "--out", str(root / "same")]) == 2
 
 
+def test_resume_reads_permuted_genes_aligned_and_the_api_refuses_unaligned_ones(scmodal_run):
+    import shutil
+
+    from cellweave.models import SCMODAL
+
+    root, atlas = scmodal_run
+    genes = open_modality(atlas["rna"]).var_names
+    permuted = _rewrite(atlas["rna"], root / "permuted_resume.zarr",
+                        columns=genes[np.random.default_rng(5).permutation(len(genes))])
+    out = {}
+    for name, rna in (("same", atlas["rna"]), ("permuted", permuted)):
+        run = root / f"resume_{name}"
+        shutil.copytree(root / "run", run)
+        assert main(["fit", "--resume", "--out", str(run), "--modality", f"rna={rna}", "--modality", f"adt={atlas['adt']}",
+                     "--links", str(atlas["links"]), "--config", str(root / "run.toml"), "--max-steps", "14"]) == 0
+        out[name] = read_embedding(run / "embeddings" / "adt.zarr")
+    np.testing.assert_array_equal(out["same"], out["permuted"])
+    model = SCMODAL({"rna": permuted, "adt": atlas["adt"]}, links=atlas["links"],
+                    config={"n_top_features": 200, "hidden": 128, "batch_size": 256})
+    with pytest.raises(InputError, match="differ from those the run recorded"):
+        model.fit(16, run_dir=root / "resume_same", resume=True, progress=False)
+
+
 def test_missing_genes_warn_and_are_filled_better_than_raw_zeros(scmodal_run):
     root, atlas = scmodal_run
     from cellweave.models import SCMODAL

@@ -40,7 +40,7 @@ from ..train.checkpoint import load as load_checkpoint
 from ..train.distributed import on_rank_zero, rank
 from ..train.trainer import CHECKPOINT, TrainResult
 from .inputs import StoreLike, open_inputs
-from .run import CONFIG, read_feature_records, read_run_config, soma_obsm_key, write_config, write_feature_records
+from .run import CONFIG, FEATURES, read_feature_records, read_run_config, soma_obsm_key, write_config, write_feature_records
 
 EMBEDDING_KEY = "X_cellweave"
 EMBED_BATCH = 4096
@@ -211,6 +211,8 @@ class IntegrationModel(ABC):
             warnings.warn(f"{self.run_dir} has no checkpoint yet (the run stopped before its first one): training starts "
                           "from step 0", stacklevel=2)
             resume = False
+        if resume and self.run_dir is not None and (self.run_dir / FEATURES).is_dir():
+            self._check_recorded_features(read_feature_records(self.run_dir, list(self.stores)))
         torch.manual_seed(self.seed)
         self.module = self.build_module()
         if self.run_dir is not None and rank() == 0:
@@ -227,6 +229,16 @@ class IntegrationModel(ABC):
         self.device = trainer.device
         self.result = trainer.fit(self.module, self.train_stream(), self.val_stream(), resume=resume)
         return self.result
+
+    def _check_recorded_features(self, records: Mapping[str, FeatureRecord]) -> None:
+        """Refuse stores whose features are not laid out as the run recorded them (weights would meet other genes)."""
+        for m, record in records.items():
+            store = self.stores[m]
+            if [str(v) for v in store.var_names] != record.var_names:
+                raise InputError(store.path, "var_names", f"the features of modality {m!r} differ from those the run "
+                                 f"recorded ({store.n_vars} vs {len(record.var_names)}, or another order)",
+                                 "rebuild the model with from_run(RUN, modalities=...) (it aligns them by name), or "
+                                 "use `cellweave fit --resume`")
 
     def load_weights(self, run_dir: str | os.PathLike, device: str = "cpu") -> None:
         """Load trained weights from ``run_dir/checkpoint.pt`` into a freshly built module."""
