@@ -108,6 +108,7 @@ def _cmd_fit(args: argparse.Namespace) -> None:
 
 def _cmd_map(args: argparse.Namespace) -> None:
     from .data.output import output_guard
+    from .data.spec import specs_from_args
     from .models import METHODS
     from .models.run import read_config
 
@@ -120,8 +121,6 @@ def _cmd_map(args: argparse.Namespace) -> None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    from .data.spec import specs_from_args
-
     model = METHODS[method].from_run(args.run, device=device, min_overlap=args.min_overlap)
     with output_guard(args.out, overwrite=args.overwrite, in_place=True):
         paths = model.map_query(specs_from_args(_parse_modalities(args.modality), args), args.out,
@@ -130,7 +129,7 @@ def _cmd_map(args: argparse.Namespace) -> None:
     new = model.query_summary.get("new_batches")
     if new:
         log.info(f"new batches {new}: fitted {model.query_summary['steps']} steps with the reference frozen "
-              f"(loss {model.query_summary['first_loss']:.1f} -> {model.query_summary['last_loss']:.1f})")
+                 f"(loss {model.query_summary['first_loss']:.1f} -> {model.query_summary['last_loss']:.1f})")
     for m, path in paths.items():
         log.info(f"{m}: {path}")
         if m in model.soma_keys:
