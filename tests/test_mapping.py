@@ -280,3 +280,28 @@ def test_soma_embeddings_go_under_a_key_per_run(tmp_path, capsys):
             table = obsm[f"X_cellweave_{name}"].read().tables().concat().to_pandas()
             values = table.pivot(index="soma_dim_0", columns="soma_dim_1", values="soma_data").sort_index().to_numpy()
             np.testing.assert_array_equal(values, read_embedding(tmp_path / name / "embeddings" / "rna.zarr"))
+
+
+# ----------------------------------------------------------------------------- SOMA: aligned by feature id
+def test_a_census_query_is_aligned_by_feature_id_with_missing_genes_empty(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "census_fixture.py"
+    spec = importlib.util.spec_from_file_location("census_fixture", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    exp = tool.write_census_fixture(tmp_path / "census.soma", 300, n_genes=40, n_datasets=2, n_donors=2, chunk_rows=128)
+    reference = open_modality(f"{exp}::RNA", layer="raw")  # names: feature_name, ids: feature_id
+    record = FeatureRecord.of(reference)
+    assert record.var_ids == list(reference.feature_ids)
+    kept = list(reference.var_names[::-1][:30])  # 30 of the 40 genes, read by id (names are the ids here)
+    query = open_modality(f"{exp}::RNA", layer="raw", feature_key="feature_id", var_filter=f"feature_name in {kept}")
+    assert not set(query.var_names) & set(record.var_names)  # nothing to match by name
+    with pytest.warns(UserWarning, match=r"25\.0% of the 40 features"):
+        aligned = align_store(query, record)
+    assert aligned.matched_by == "feature ids" and list(aligned.var_names) == record.var_names
+    full = reference.read_X([(0, reference.n_obs)]).toarray()
+    got = aligned.read_X([(0, aligned.n_obs)]).toarray()
+    expected = np.where(np.isin(record.var_names, kept)[None, :], full, 0)
+    np.testing.assert_array_equal(got, expected)
