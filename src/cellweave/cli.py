@@ -42,6 +42,18 @@ def _parse_modalities(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _parse_kinds(items: Sequence[str] | None) -> dict[str | None, str]:
+    """``--kind KIND`` (every modality) and ``--kind NAME=KIND`` -> ``{None or NAME: KIND}``."""
+    from .data.kind import check_kind
+
+    out: dict[str | None, str] = {}
+    for item in items or ():
+        name, sep, kind = item.rpartition("=")
+        check_kind(kind, f"--kind {item}")
+        out[name if sep else None] = kind
+    return out
+
+
 def _cmd_fit(args: argparse.Namespace) -> None:
     from .data.align import align_store
     from .data.check import open_store
@@ -59,7 +71,7 @@ def _cmd_fit(args: argparse.Namespace) -> None:
         value = getattr(args, key)
         if value is not None:
             train[key] = value
-    from .data.spec import specs_from_args, store_options
+    from .data.spec import as_spec, specs_from_args, store_options
 
     if args.modality:
         inputs = specs_from_args(_parse_modalities(args.modality), args)
@@ -70,9 +82,17 @@ def _cmd_fit(args: argparse.Namespace) -> None:
         inputs = dict(cfg.get("inputs", {}))
     if not inputs:
         raise InputError(source, "inputs", "no modality given", "pass --modality NAME=PATH (twice or more) or an [inputs] table")
+    kinds = dict(cfg.get("matrix_kinds", {})) | _parse_kinds(args.kind)
+    every = kinds.pop(None, None)
+    unknown = sorted(set(kinds) - set(inputs))
+    if unknown:
+        raise InputError("--kind", unknown[0], "names no modality", f"use one of {', '.join(inputs)}")
     if args.resume and (Path(args.out) / FEATURES).is_dir():  # a resumed run reads its stores aligned to its features
         records = read_feature_records(args.out, list(inputs))
-        inputs = {m: align_store(open_store(p, m), records[m]) for m, p in inputs.items()}
+        inputs = {m: align_store(open_store(p, m, kinds.get(m, every)), records[m]) for m, p in inputs.items()}
+    else:
+        inputs = {m: open_store(as_spec(p).resolved(), m, kinds.get(m, every)) if kinds.get(m, every) else p
+                  for m, p in inputs.items()}
     method = args.method or cfg.get("method", "scmodal")
     if method not in METHODS:
         raise InputError(source, "method", f"unknown method {method!r}", f"use one of {', '.join(sorted(METHODS))}")
@@ -147,13 +167,14 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 
     stores, problems = {}, []
     named = []
+    kinds = _parse_kinds(args.kind)
     for item in args.path:
         name, sep, path = item.partition("=")
         named.append((name, path) if sep and name and "/" not in name else (None, item))
     specs = specs_from_args({str(i): path for i, (_, path) in enumerate(named)}, args)
     for i, (name, path) in enumerate(named):
         try:
-            store = open_store(specs[str(i)], name)
+            store = open_store(specs[str(i)], name, kinds.get(name, kinds.get(None)))
         except InputError as exc:
             problems.append(exc)
             continue
@@ -261,6 +282,10 @@ class _CommonSubparsers:
         return self.sub.add_parser(name, parents=[self.common], **kwargs)
 
 
+KIND_HELP = ("counts or normalized, for every modality or NAME=KIND for one (default: recorded in the store, else "
+             "inferred: counts unless 1%% or more of the values are not integers; counts must be non-negative integers)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cellweave`` command."""
     from .data.spec import add_store_arguments
@@ -276,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out")
     c.add_argument("--format", choices=["zarr", "soma"], default="zarr")
     c.add_argument("--modality", help="convert only this modality (or name the input's single modality)")
-    c.add_argument("--kind", choices=["counts", "normalized"], help="matrix kind (default: inferred from values)")
+    c.add_argument("--kind", choices=["counts", "normalized"], help="matrix kind (default: recorded, else inferred from "
+                   "the values: counts unless 1%% or more of them are not integers)")
     c.add_argument("--labels", help="FCS: CSV with one label per event (no header)")
     c.add_argument("--chunk-rows", type=int, default=4096)
     c.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -294,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--links-augment", choices=["learn"],
                    help="'learn': also learn links (CCA on matched cells) for the pairs of --links and use both")
     f.add_argument("--genes-bed", help="gene coordinates (BED6) for ATAC -> RNA links")
+    f.add_argument("--kind", action="append", metavar="[NAME=]KIND", help=KIND_HELP)
     f.add_argument("--batch-key", help="obs column with the batch of each cell (models with batch covariates)")
     f.add_argument("--config", help="run.toml: [model], [model.weights], [train], [inputs], seed")
     f.add_argument("--max-steps", type=int)
@@ -334,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--label-key", help="obs column every modality must have")
     v.add_argument("--links", help="links TSV whose modality pairs must match features of both stores")
     add_store_arguments(v)
+    v.add_argument("--kind", action="append", metavar="[NAME=]KIND", help=KIND_HELP)
     v.set_defaults(func=_cmd_validate)
 
     s = sub.add_parser("simulate", help="simulate a multi-modal atlas with known truth")

@@ -140,6 +140,7 @@ class AlignedStore(ModalityStore):
         self.modality = base.modality
         self.n_obs = base.n_obs
         self.kind = base.kind
+        self.kind_given = base.kind_given
         self.sparse = base.sparse
         self.var_names = pd.Index(record.var_names)
         self.reference_stats = record.stats

@@ -123,7 +123,7 @@ class InputsReport:
             raise self.problems[0]
 
 
-def open_store(spec: str | os.PathLike | StoreSpec, modality: str | None = None) -> ModalityStore:
+def open_store(spec: str | os.PathLike | StoreSpec, modality: str | None = None, kind: str | None = None) -> ModalityStore:
     """:func:`~cellweave.data.open_modality` whose failures are all :class:`InputError` naming the file.
 
     A Zarr store that fails to open because of a damaged chunk gets that chunk named.
@@ -134,7 +134,7 @@ def open_store(spec: str | os.PathLike | StoreSpec, modality: str | None = None)
         When the store cannot be opened.
     """
     try:
-        return open_modality(spec, modality)
+        return open_modality(spec, modality, kind=kind)
     except InputError:
         raise
     except Exception as exc:  # any reader failure on open means a damaged or foreign file
@@ -145,8 +145,8 @@ def open_store(spec: str | os.PathLike | StoreSpec, modality: str | None = None)
         raise InputError(spec, "store", f"cannot be opened ({type(exc).__name__}: {exc})", REWRITE_FIX) from exc
 
 
-def open_checked(spec: str | os.PathLike | StoreSpec, modality: str | None = None, progress: bool = False,
-                 **options: str | None) -> ModalityStore:
+def open_checked(spec: str | os.PathLike | StoreSpec, modality: str | None = None, kind: str | None = None,
+                 progress: bool = False, **options: str | None) -> ModalityStore:
     """Open a store for reading and check it first (:func:`scan_store`): what every reader of a whole store
     (``stats``, ``convert``, ``fit``) goes through, so a damaged store is refused before anything is computed or
     written. ``options``: store options (:class:`~cellweave.data.spec.StoreSpec`).
@@ -156,7 +156,7 @@ def open_checked(spec: str | os.PathLike | StoreSpec, modality: str | None = Non
     InputError
         The first problem found.
     """
-    store = open_store(as_spec(spec, **options) if options else spec, modality)
+    store = open_store(as_spec(spec, **options) if options else spec, modality, kind)
     report = scan_store(store, progress=progress)
     if report.problems:
         raise report.problems[0]
@@ -181,7 +181,7 @@ def scan_store(store: ModalityStore, chunk_rows: int = CHECK_ROWS, cache: bool =
     -------
     StoreReport
     """
-    fingerprint = data_fingerprint(store, f"checks {CHECKS_VERSION}") if cache else None
+    fingerprint = data_fingerprint(store, f"checks {CHECKS_VERSION} {store.kind}") if cache else None  # counts: stricter
     cached = _load_cache(store, fingerprint)
     if cached is not None:
         cached.path, cached.modality = store.path, store.modality

@@ -76,12 +76,12 @@ def convert(input_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "z
         from .check import open_checked
         from .store import StoreSource
 
-        sources: list[ChunkSource] = [StoreSource(open_checked(input_path, progress=progress, **(store_options or {})))]
+        sources: list[ChunkSource] = [StoreSource(open_checked(input_path, kind=kind, progress=progress, **(store_options or {})))]
     elif src_path.is_dir() and ((src_path / "zarr.json").exists() or (src_path / ".zgroup").exists()):
         from .check import open_checked
         from .store import StoreSource
 
-        sources = [StoreSource(open_checked(src_path, progress=progress))]
+        sources = [StoreSource(open_checked(src_path, kind=kind, progress=progress))]
     elif labels_csv is not None:
         if src_path.suffix.lower() != ".fcs":
             raise InputError(str(input_path), "--labels", "per-event labels are only read for .fcs inputs",

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .kind import check_kind
 from .spec import StoreSpec, as_spec
 from .store import ModalityStore
 
 
 def open_modality(path: str | os.PathLike | StoreSpec | Mapping[str, Any], modality: str | None = None, *,
                   layer: str | None = None, obs_filter: str | None = None, var_filter: str | None = None,
-                  feature_key: str | None = None) -> ModalityStore:
+                  feature_key: str | None = None, kind: str | None = None) -> ModalityStore:
     """Open one modality for streaming.
 
     Parameters
@@ -29,6 +30,9 @@ def open_modality(path: str | os.PathLike | StoreSpec | Mapping[str, Any], modal
         For a SOMA measurement: the ``X`` layer, tiledbsoma value filters on ``obs`` and ``var`` (e.g.
         ``obs_filter="tissue_general == 'lung' and is_primary_data == True"``) and the ``var`` column of feature
         names (see :class:`~cellweave.data.soma_store.SomaStore`). Set here, they override the spec's.
+    kind
+        ``"counts"`` or ``"normalized"``: overrides the kind recorded in the store or inferred from its values
+        (:mod:`cellweave.data.kind`); the store then records ``kind_given = True``.
 
     Raises
     ------
@@ -36,7 +40,16 @@ def open_modality(path: str | os.PathLike | StoreSpec | Mapping[str, Any], modal
         When the path does not exist or is not a supported store, or options are given for a store that is not
         a SOMA measurement.
     """
-    spec = as_spec(path, layer=layer, obs_filter=obs_filter, var_filter=var_filter, feature_key=feature_key)
+    check_kind(kind)
+    store = _open(as_spec(path, layer=layer, obs_filter=obs_filter, var_filter=var_filter, feature_key=feature_key),
+                  modality)
+    if kind is not None:
+        store.kind = kind  # type: ignore[assignment]
+        store.kind_given = True
+    return store
+
+
+def _open(spec: StoreSpec, modality: str | None) -> ModalityStore:
     spec.check_applies()
     text = spec.path
     if spec.is_soma:

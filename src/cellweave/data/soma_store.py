@@ -25,6 +25,7 @@ import tiledbsoma as soma
 
 from ..errors import InputError
 from .atomic import atomic_output
+from .kind import KIND_SAMPLE, infer_kind
 from .source import ChunkSource, Kind, Matrix
 from .spec import FLAGS, StoreSpec, check_filter_columns
 from .store import ModalityStore, Ranges
@@ -34,7 +35,6 @@ DEFAULT_CHUNK_ROWS = 4096
 WRITE_NNZ = 1 << 23  # nonzeros buffered per X write (one fragment each; ~160 MB of coordinates)
 X_CAPACITY = 1 << 14  # nonzeros per X data tile: small tiles make scattered row reads cheap
 X_ROW_TILE = 2048  # cells per X space tile
-KIND_SAMPLE = 1 << 16  # values sampled to infer counts vs normalized when the metadata does not say
 
 JOINID = "soma_joinid"
 OBS_ID = "obs_id"
@@ -569,7 +569,7 @@ class SomaStore(ModalityStore):
             return "counts"
         table = next(iter(X.read(coords=(self._joinids[:1024],)).tables()), None)
         values = np.zeros(0) if table is None else table["soma_data"].to_numpy()[:KIND_SAMPLE]
-        return "counts" if values.size and np.all(values >= 0) and np.all(values == np.round(values)) else "normalized"
+        return infer_kind(values)
 
     # SOMA handles are opened lazily, once per process. TileDB is not fork-safe: a process forked after this
     # one used TileDB hangs in its first TileDB call, so a store inherited through fork refuses to read and

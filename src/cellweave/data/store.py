@@ -59,7 +59,9 @@ class ModalityStore(ABC):
     var_names
         Feature names.
     kind
-        ``"counts"`` or ``"normalized"``: a hint for the likelihood.
+        ``"counts"`` or ``"normalized"``: a hint for the likelihood (:mod:`cellweave.data.kind`).
+    kind_given
+        Whether ``kind`` was given by the user rather than recorded or inferred.
     sparse
         Whether rows come back as CSR.
     feature_ids
@@ -71,6 +73,7 @@ class ModalityStore(ABC):
     n_obs: int
     var_names: pd.Index
     kind: Kind
+    kind_given: bool = False
     sparse: bool
     feature_ids: pd.Index | None = None  # stable feature ids beside the names (SOMA var['feature_id']), if any
 

@@ -7,6 +7,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
+from .kind import infer_kind
 from .source import ChunkSource, Kind, Matrix
 
 
@@ -50,8 +51,8 @@ def _first_bad_row(X: Matrix, bad: np.ndarray) -> int:
 class ValueChecker:
     """Checks matrix chunks in order and settles the matrix kind (counts or normalized).
 
-    With ``kind=None`` the first chunk decides: integer-valued and non-negative means counts. A counts matrix
-    must stay non-negative and integer-valued in every later chunk.
+    With ``kind=None`` the first chunk decides (:func:`~cellweave.data.kind.infer_kind`). A counts matrix must
+    be non-negative and integer-valued in every chunk, the first included.
     """
 
     def __init__(self, name: str, kind: Kind | None) -> None:
@@ -65,24 +66,19 @@ class ValueChecker:
             row = start + _first_bad_row(X, ~finite)
             raise InputError(self.name, "X", f"NaN or Inf value in cell row {row}", "remove or impute non-finite values before converting")
         if self.kind is None:
-            integer = bool(np.all(v == np.round(v)))
-            self.kind = "counts" if integer and (v.size == 0 or v.min() >= 0) else "normalized"
-            if integer and v.size and v.min() < 0:
-                row = start + _first_bad_row(X, v < 0)
-                raise InputError(
-                    self.name,
-                    "X",
-                    f"integer-valued matrix (looks like counts) with a negative value in cell row {row}",
-                    "counts must be >= 0: fix the matrix, or pass --kind normalized if it is not counts",
-                )
+            self.kind = infer_kind(v)
         if self.kind == "counts":
-            if v.size and v.min() < 0:
-                row = start + _first_bad_row(X, v < 0)
-                raise InputError(self.name, "X", f"negative value in a counts matrix at cell row {row}", "counts must be >= 0: fix the matrix, or pass --kind normalized if it is not counts")
+            negative = v < 0
+            if negative.any():
+                row = start + _first_bad_row(X, negative)
+                raise InputError(self.name, "X", f"negative value in a counts matrix at cell row {row} (counts are never "
+                                 "negative)", "fix the matrix, or pass --kind normalized if it is not counts")
             frac = v != np.round(v)
             if frac.any():
                 row = start + _first_bad_row(X, frac)
-                raise InputError(self.name, "X", f"non-integer value in a counts matrix at cell row {row}", "pass --kind normalized if the matrix is not raw counts")
+                raise InputError(self.name, "X", f"non-integer value in a counts matrix at cell row {row} "
+                                 f"({int(frac.sum())} in this chunk)", "fix the matrix, or pass --kind normalized if it "
+                                 "is not raw counts")
 
 
 def obs_for_storage(obs: pd.DataFrame) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.core.sync import sync
 
 from ..errors import InputError
+from .kind import KIND_SAMPLE, infer_kind
 from .source import Kind, Matrix
 from .store import ModalityStore, Ranges, coalesce_ranges
 
@@ -235,9 +236,8 @@ class ZarrStore(ModalityStore):
         self._obs_group = zarr.open_group(self.path, mode="r")["obs"]
 
     def _infer_kind(self, x) -> Kind:
-        sample = x["data"][: 1 << 16] if self.sparse else np.asarray(x[: max(1, (1 << 16) // max(1, self.n_vars))])
-        sample = np.asarray(sample)
-        return "counts" if sample.size and np.all(sample >= 0) and np.all(sample == np.round(sample)) else "normalized"
+        sample = x["data"][:KIND_SAMPLE] if self.sparse else np.asarray(x[: max(1, KIND_SAMPLE // max(1, self.n_vars))])
+        return infer_kind(np.asarray(sample))
 
     @property
     def obs_keys(self) -> list[str]:

@@ -217,7 +217,8 @@ class IntegrationModel(ABC):
         self.module = self.build_module()
         if self.run_dir is not None and rank() == 0:
             soma = any(_is_soma(_unaligned(s)) for s in self.stores.values())
-            write_config(self.run_dir, self.config_dict() | {"train": {"max_steps": max_steps, "device": str(device),
+            given = {m: s.kind for m, s in self.stores.items() if s.kind_given}  # --kind: kept for resume
+            write_config(self.run_dir, self.config_dict() | ({"matrix_kinds": given} if given else {}) | {"train": {"max_steps": max_steps, "device": str(device),
                                                                        "precision": precision, "num_workers": num_workers,
                                                                        "checkpoint_every": checkpoint_every},
                                                              "soma_obsm_key": soma_obsm_key(self.run_dir) if soma else None})

@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ...errors import InputError
+from ..kind import KIND_SAMPLE, infer_kind
 from ..source import Kind, Matrix
 from ..store import ModalityStore, Ranges, coalesce_ranges
 
@@ -385,11 +386,10 @@ class H5adStore(ModalityStore):
     @staticmethod
     def _infer_kind(m: H5Matrix) -> Kind:
         if m.sparse:
-            v = m.node["data"][: 1 << 16]
+            v = m.node["data"][:KIND_SAMPLE]
         else:
-            v = m.node[: max(1, (1 << 16) // max(1, m.shape[1]))]
-        v = np.asarray(v)
-        return "counts" if v.size and np.all(v >= 0) and np.all(v == np.round(v)) else "normalized"
+            v = m.node[: max(1, KIND_SAMPLE // max(1, m.shape[1]))]
+        return infer_kind(np.asarray(v))
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
