@@ -58,14 +58,15 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     from .data.align import align_store
     from .data.check import open_store
     from .data.output import output_guard
-    from .models import METHODS
-    from .models.run import FEATURES, read_config, read_feature_records
+    from .models import METHODS, MODEL_CONFIGS
+    from .models.run import FEATURES, check_config, read_config, read_feature_records
     from .train.distributed import distributed_session, rank, rank_zero_first
     from .train.trainer import CHECKPOINT
 
     config = args.config or (os.path.join(args.out, "config.toml") if args.resume and not args.modality else None)  # a resumed run reads its own
     cfg = read_config(config) if config else {}
     source = str(config or "config")
+    check_config(cfg, source)
     train = dict(cfg.get("train", {}))
     for key in ("max_steps", "device", "num_workers", "checkpoint_every", "precision"):
         value = getattr(args, key)
@@ -97,6 +98,8 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     if method not in METHODS:
         raise InputError(source, "method", f"unknown method {method!r}", f"use one of {', '.join(sorted(METHODS))}")
     model_cls = METHODS[method]
+    if "model" in cfg:
+        MODEL_CONFIGS[method].from_dict(cfg["model"], source)  # keys, types and ranges, naming the file
     settings = {"links": args.links or cfg.get("links", "auto"), "links_augment": args.links_augment or cfg.get("links_augment"),
                 "config": cfg.get("model"), "kinds": cfg.get("kinds"),
                 "genes_bed": args.genes_bed or cfg.get("genes_bed"), "batch_key": args.batch_key or cfg.get("batch_key"),

@@ -74,6 +74,63 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(path, "config", f"not valid TOML ({exc})", "fix the syntax at the position given") from None
 
 
+#: Top-level settings of a config: key -> what its value must be.
+SETTINGS: dict[str, str] = {
+    "method": "a string", "seed": "an integer", "inputs": "a table", "links": "a string", "links_augment": "a string",
+    "kinds": "a table", "matrix_kinds": "a table", "genes_bed": "a string", "batch_key": "a string",
+    "model": "a table", "train": "a table",
+}
+#: What ``cellweave fit`` records in RUN/config.toml beside the settings (read back, never used as settings).
+RECORDS = frozenset({"label_key", "learned_links", "features", "pairs", "reductions", "likelihoods", "batches",
+                     "validation_cells"})
+#: The [train] table: key -> (type, least value); ``None``: a string.
+TRAIN: dict[str, tuple[type, int] | None] = {"max_steps": (int, 1), "num_workers": (int, 0), "checkpoint_every": (int, 1),
+                                             "device": None, "precision": None}
+_TYPES = {"a string": str, "an integer": int, "a table": dict}
+
+
+def check_config(cfg: Mapping[str, Any], source: str | os.PathLike) -> None:
+    """Refuse unknown sections and keys (listing the valid ones) and values of the wrong type or range.
+
+    The ``[model]`` table is checked by the method's config class (``Config.from_dict``); this checks the rest.
+
+    Raises
+    ------
+    InputError
+        The first problem, in one line naming the key.
+    """
+    for key, value in cfg.items():
+        if key in RECORDS:
+            continue
+        if key not in SETTINGS:
+            raise InputError(source, key, "unknown setting or section",
+                             f"use one of: {', '.join(sorted(SETTINGS))} (a run's config may also hold {', '.join(sorted(RECORDS))})")
+        want = _TYPES[SETTINGS[key]]
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise InputError(source, key, f"must be {SETTINGS[key]}, got {value!r}", f"give {key} as {SETTINGS[key]}")
+    if isinstance(cfg.get("seed"), int) and cfg["seed"] < 0:
+        raise InputError(source, "seed", f"must be zero or more, got {cfg['seed']!r}", "e.g. seed = 0")
+    for key in ("kinds", "matrix_kinds"):
+        for name, value in cfg.get(key, {}).items():
+            if not isinstance(value, str):
+                raise InputError(source, f"[{key}] {name}", f"must be a string, got {value!r}", "e.g. rna = \"counts\"")
+            if key == "matrix_kinds" and value not in ("counts", "normalized"):
+                raise InputError(source, f"[{key}] {name}", f"unknown matrix kind {value!r}", "use one of counts, normalized")
+    for key, value in cfg.get("train", {}).items():
+        if key not in TRAIN:
+            raise InputError(source, f"[train] {key}", "unknown setting", f"use one of: {', '.join(sorted(TRAIN))}")
+        rule = TRAIN[key]
+        if rule is None:
+            if not isinstance(value, str):
+                raise InputError(source, f"[train] {key}", f"must be a string, got {value!r}", f'e.g. {key} = "auto"')
+            continue
+        kind, least = rule
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InputError(source, f"[train] {key}", f"must be an integer, got {value!r}", f"e.g. {key} = {max(least, 1) * 100}")
+        if value < least:
+            raise InputError(source, f"[train] {key}", f"must be at least {least}, got {value!r}", f"set {key} to {least} or more")
+
+
 def read_run_config(run_dir: str | os.PathLike, method: str) -> dict[str, Any]:
     """A run directory's config, refused (naming the run's method) when another method wrote it."""
     cfg = read_config(run_dir)
