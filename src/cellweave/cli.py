@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
+from .data.names import check_modality_name
 from .errors import InputError
 from .log import cli_logging, verbosity_level
 
@@ -36,6 +37,7 @@ def _parse_modalities(items: Sequence[str]) -> dict[str, str]:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise InputError("--modality", item, "expected NAME=PATH", "write e.g. --modality rna=rna.zarr --modality adt=atlas.soma::adt")
+        check_modality_name(name, f"--modality {item}")
         if name in out:
             raise InputError("--modality", name, "given twice", "name each modality once")
         out[name] = path
@@ -173,7 +175,7 @@ def _cmd_validate(args: argparse.Namespace) -> None:
     kinds = _parse_kinds(args.kind)
     for item in args.path:
         name, sep, path = item.partition("=")
-        named.append((name, path) if sep and name and "/" not in name else (None, item))
+        named.append((check_modality_name(name, item), path) if sep and name and "/" not in name else (None, item))
     specs = specs_from_args({str(i): path for i, (_, path) in enumerate(named)}, args)
     for i, (name, path) in enumerate(named):
         try:

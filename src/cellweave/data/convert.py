@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from .names import check_modality_name
 from .atomic import check_output_path
 from .source import ChunkSource, Kind
 from .write_zarr import DEFAULT_CHUNK_ROWS, write_zarr
@@ -71,6 +72,8 @@ def convert(input_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "z
 
     if fmt not in ("zarr", "soma"):
         raise InputError(str(out), "--format", f"unknown output format {fmt!r}", "use --format zarr or --format soma")
+    if modality is not None:
+        check_modality_name(modality, "--modality")
     src_path = Path(input_path)
     if "::" in str(input_path) or store_options:
         from .check import open_checked
@@ -92,6 +95,8 @@ def convert(input_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "z
     else:
         sources = open_source(input_path, kind=kind)
     sources = select_modalities(sources, modality, str(input_path))
+    for s in sources:  # names from the input (h5mu modalities, 10x feature types) become file names too
+        check_modality_name(s.modality, f"{input_path}: modality")
     out = Path(out)
     if fmt == "soma":
         from .soma_store import write_soma

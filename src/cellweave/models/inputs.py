@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from ..data import ModalityStore, StoreSpec, open_modality
 from ..data.preprocess import FeatureStats, load_or_compute_stats
+from ..data.names import check_modality_name
 from ..errors import InputError
 
 KIND_BY_NAME = {"rna": "rna", "gex": "rna", "gene": "rna", "adt": "adt", "protein": "protein", "cite": "adt",
@@ -29,6 +30,7 @@ def open_inputs(modalities: Mapping[str, StoreLike]) -> dict[str, ModalityStore]
         raise InputError("modalities", "modalities", "no modality given", "pass at least one NAME=PATH")
     out: dict[str, ModalityStore] = {}
     for name, spec in modalities.items():
+        check_modality_name(name, "modalities")
         store = spec if isinstance(spec, ModalityStore) else open_modality(spec)
         store.modality = name
         if store.n_obs == 0:
