@@ -255,3 +255,19 @@ def test_resume_of_a_run_that_never_started_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere" / "config.toml") in err and "no such file" in err
     assert not os.path.exists(tmp_path / "nowhere")
+
+
+def test_link_rows_naming_unknown_features_are_reported(good, tmp_path, capsys):
+    links = tmp_path / "links.tsv"
+    links.write_text(good["links"].read_text() + "adt\tCD999\trna\tg1\nadt\tg2\trna\tNOTAGENE\nadt\tCD998\trna\tg3\n")
+    assert main(["validate", f"rna={good['rna']}", f"adt={good['adt']}", "--links", str(links)]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "links adt -> rna" in line]
+    assert len(warnings) == 1, captured.err
+    assert warnings[0].startswith("cellweave: warning: ")
+    assert (f"{links}: links adt -> rna: 3 of {N_PROTEINS + 3} rows name features the stores do not have and are "
+            "ignored (2 adt feature(s) absent from its store, e.g. ['CD999', 'CD998']; 1 rna feature(s) absent from its "
+            "store, e.g. ['NOTAGENE'])") in warnings[0]
+    assert "2 store(s) valid" in captured.out
+    assert main(["validate", f"rna={good['rna']}", f"adt={good['adt']}", "--links", str(good["links"])]) == 0
+    assert "links adt -> rna" not in capsys.readouterr().err  # a clean table: no note

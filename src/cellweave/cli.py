@@ -193,6 +193,8 @@ def _cmd_validate(args: argparse.Namespace) -> None:
         log.info(r.summary())
         for note in r.notes:
             log.info("  note: %s", note)
+    for note in report.notes:  # e.g. link rows naming features no store has: ignored, never silently
+        log.warning("%s", note)
     problems += report.problems
     for problem in problems:
         log.error("%s", problem)

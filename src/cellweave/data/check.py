@@ -107,10 +107,13 @@ class InputsReport:
         Modality name -> its :class:`StoreReport`.
     across
         Problems between modalities (obs columns, links).
+    notes
+        Remarks across modalities that are not errors (e.g. link rows naming features no store has).
     """
 
     stores: dict[str, StoreReport]
     across: list[InputError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> list[InputError]:
@@ -227,8 +230,14 @@ def check_obs_keys(stores: Mapping[str, ModalityStore], keys: Sequence[str | Non
     return problems
 
 
-def check_links(stores: Mapping[str, ModalityStore], links: str | os.PathLike) -> list[InputError]:
-    """Problems with a links table: unreadable, naming another modality, or a pair matching no feature."""
+def check_links(stores: Mapping[str, ModalityStore], links: str | os.PathLike,
+                notes: list[str] | None = None) -> list[InputError]:
+    """Problems with a links table: unreadable, naming another modality, or a pair matching no feature.
+
+    Rows naming a feature that its modality's store does not have are not errors (a generic table names more
+    features than one data set holds) but are never dropped silently: one note per modality pair, with the count
+    and examples, is appended to ``notes``.
+    """
     from ..links import read_links, require_links
 
     try:
@@ -242,7 +251,30 @@ def check_links(stores: Mapping[str, ModalityStore], links: str | os.PathLike) -
             require_links(lk, 1, list(stores[s].var_names), list(stores[t].var_names))
         except InputError as exc:
             problems.append(InputError(links, f"links {s} -> {t}", exc.problem, exc.fix))
+            continue
+        if notes is not None:
+            note = _unknown_link_features(lk, stores[s].var_names, stores[t].var_names)
+            if note:
+                notes.append(f"{links}: links {s} -> {t}: {note}")
     return problems
+
+
+def _unknown_link_features(lk: Any, source_names: Any, target_names: Any, n_examples: int = 3) -> str | None:
+    """How many rows of a pair's links name features absent from the stores, with examples (``None``: none)."""
+    table = lk.table
+    src_missing = ~table["source_feature"].isin(source_names)
+    tgt_missing = ~table["target_feature"].isin(target_names)
+    bad = src_missing | tgt_missing
+    if not bad.any():
+        return None
+    parts = []
+    for modality, column, missing in ((lk.source_modality, "source_feature", src_missing),
+                                      (lk.target_modality, "target_feature", tgt_missing)):
+        names = table.loc[missing, column].drop_duplicates()
+        if len(names):
+            parts.append(f"{len(names)} {modality} feature(s) absent from its store, e.g. {names[:n_examples].tolist()}")
+    return (f"{int(bad.sum())} of {len(table)} rows name features the stores do not have and are ignored ("
+            + "; ".join(parts) + ")")
 
 
 def check_inputs(stores: Mapping[str, ModalityStore], obs_keys: Sequence[str | None] = (),
@@ -267,7 +299,7 @@ def check_inputs(stores: Mapping[str, ModalityStore], obs_keys: Sequence[str | N
     report = InputsReport({m: scan_store(s, cache=cache, progress=progress) for m, s in stores.items()})
     report.across.extend(check_obs_keys(stores, obs_keys))
     if links is not None:
-        report.across.extend(check_links(stores, links))
+        report.across.extend(check_links(stores, links, report.notes))
     return report
 
 
