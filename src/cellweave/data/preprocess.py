@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +203,6 @@ def highly_variable_features(store: ModalityStore, stats: FeatureStats, chunk: i
     FeatureStats
         ``stats`` with ``hvg_rank`` and ``hvg_variance`` filled in.
     """
-    from skmisc.loess import loess
     from tqdm.auto import tqdm
 
     if store.kind != "counts":
@@ -212,10 +212,7 @@ def highly_variable_features(store: ModalityStore, stats: FeatureStats, chunk: i
     n = stats.n_cells
     not_const = var > 0
     est = np.zeros(len(mean))
-    x, y = np.log10(mean[not_const]), np.log10(var[not_const])
-    model = loess(x, y, span=span, degree=2)
-    model.fit()
-    est[not_const] = model.outputs.fitted_values
+    est[not_const] = _variance_trend(np.log10(mean[not_const]), np.log10(var[not_const]), span, store.path)
     reg_std = np.sqrt(10**est)
     clip = reg_std * np.sqrt(n) + mean
     s = np.zeros(len(mean))
@@ -240,6 +237,34 @@ def highly_variable_features(store: ModalityStore, stats: FeatureStats, chunk: i
     stats.hvg_rank = rank
     stats.hvg_variance = norm_var
     return stats
+
+
+def _variance_trend(x: np.ndarray, y: np.ndarray, span: float, where: str) -> np.ndarray:
+    """Seurat v3's mean-variance trend: LOESS of log10 variance on log10 mean (degree 2, ``span``).
+
+    On few or degenerate points (a handful of cells gives many features with the same mean and variance) the
+    LOESS fit is singular; the trend is then a least-squares quadratic in log10 mean (a straight line with
+    fewer than 4 distinct means; the mean of ``y`` with one), with a warning. The ranking keeps its form:
+    clipped values standardized by the trend's variance.
+    """
+    from skmisc.loess import loess
+
+    try:
+        model = loess(x, y, span=span, degree=2)
+        model.fit()
+        fitted = np.asarray(model.outputs.fitted_values, dtype=np.float64)
+        if np.all(np.isfinite(fitted)):
+            return fitted
+        reason = "non-finite fitted values"
+    except (ValueError, RuntimeError, ArithmeticError) as exc:
+        reason = str(exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc)
+    distinct = len(np.unique(x))
+    degree = 2 if distinct >= 4 else (1 if distinct >= 2 else 0)
+    fitted = np.polyval(np.polyfit(x, y, degree), x) if degree else np.full(len(y), float(np.mean(y)) if len(y) else 0.0)
+    warnings.warn(f"{where}: the LOESS mean-variance trend of the Seurat-v3 highly variable features failed on "
+                  f"{len(x)} features ({reason}); ranked with a degree-{degree} polynomial trend instead "
+                  "(expected with few cells)", UserWarning, stacklevel=3)
+    return fitted
 
 
 def load_or_compute_stats(store: ModalityStore, target_sum: float | None = DEFAULT_TARGET_SUM, hvg: bool = True,
