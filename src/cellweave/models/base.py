@@ -120,9 +120,10 @@ class IntegrationModel(ABC):
         cfg = read_run_config(run_dir, cls.method)
         inputs = dict(cfg["inputs"]) | dict(modalities or {})
         records = read_feature_records(run_dir, list(inputs))
+        kinds = cfg.get("matrix_kinds", {})  # given with --kind when the run was fitted
         stores = {}
         for m, spec in inputs.items():
-            store = spec if isinstance(spec, ModalityStore) else open_store(spec, m)
+            store = spec if isinstance(spec, ModalityStore) else open_store(spec, m, kinds.get(m))
             store.modality = m
             stores[m] = align_store(store, records[m], min_overlap)
         model = cls(stores, **cls.run_settings(cfg, run_dir))

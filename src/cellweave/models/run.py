@@ -78,10 +78,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 SETTINGS: dict[str, str] = {
     "method": "a string", "seed": "an integer", "inputs": "a table", "links": "a string", "links_augment": "a string",
     "kinds": "a table", "matrix_kinds": "a table", "genes_bed": "a string", "batch_key": "a string",
-    "model": "a table", "train": "a table",
+    "label_key": "a string", "model": "a table", "train": "a table",
 }
 #: What ``cellweave fit`` records in RUN/config.toml beside the settings (read back, never used as settings).
-RECORDS = frozenset({"label_key", "learned_links", "features", "pairs", "reductions", "likelihoods", "batches",
+RECORDS = frozenset({"soma_obsm_key", "learned_links", "features", "pairs", "reductions", "likelihoods", "batches",
                      "validation_cells"})
 #: The [train] table: key -> (type, least value); ``None``: a string.
 TRAIN: dict[str, tuple[type, int] | None] = {"max_steps": (int, 1), "num_workers": (int, 0), "checkpoint_every": (int, 1),
