@@ -5,6 +5,8 @@ touching the reference."""
 
 from __future__ import annotations
 
+import json
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -238,6 +240,8 @@ def _map_unseen_batch(root, ref, query, steps, query_steps, config):
     mapped = ad.read_zarr(paths["rna"])
     assert (mapped.obs["batch"].astype(str) == "batch2").all()
     labels = model.query_labels["rna"]
+    recorded = json.loads((root / "query" / "mapping.json").read_text())
+    assert recorded["adaptation"]["new_batches"] == ["batch2"] and recorded["modalities"]["rna"]["features_present"] == 1.0
     return float((labels["predicted"] == labels["true"]).mean())
 
 

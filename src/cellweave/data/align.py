@@ -242,6 +242,8 @@ def align_store(store: ModalityStore, record: FeatureRecord, min_overlap: float 
     InputError
         When the store has fewer than ``min_overlap`` of the model's features, or is of another kind.
     """
+    if not 0.0 <= min_overlap <= 1.0:
+        raise InputError("alignment", "min_overlap", f"must be a share in [0, 1], got {min_overlap!r}", "e.g. 0.5")
     if store.kind != record.kind:
         raise InputError(store.path, "X", f"holds {store.kind} values; the run's {record.modality!r} modality was "
                          f"trained on {record.kind}", f"pass the {record.kind} layer/store of the cells")

@@ -8,11 +8,13 @@ A model with batch covariates first fits parameters for the query's new batches 
 are transferred to the query cells by a kNN vote in the latent space, with the share of votes as confidence.
 
 Outputs under ``OUT``: ``embeddings/<modality>.zarr`` (AnnData Zarr, ``obsm['X_cellweave']``, as ``fit`` writes
-them) and ``labels/<modality>.tsv`` (``cell, predicted, confidence[, true]``).
+them), ``labels/<modality>.tsv`` (``cell, predicted, confidence[, true]``) and ``mapping.json`` (the run, each
+query input, the share of the model's features it had, the new batches fitted).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +26,7 @@ from ..data import ModalityStore
 from ..data.align import MIN_OVERLAP, align_store
 from ..data.atomic import atomic_write_bytes
 from ..data.check import check_inputs, check_obs_keys, open_store
+from ..data.spec import input_record
 from ..errors import InputError
 from .inputs import StoreLike
 
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from .base import IntegrationModel
 
 LABELS = "labels"
+#: What a mapping records: the run, each query input, the share of the model's features it had, the adaptation.
+MAPPING = "mapping.json"
 
 
 def map_query(model: IntegrationModel, queries: Mapping[str, StoreLike], out_dir: str | os.PathLike,
@@ -103,6 +108,15 @@ def map_query(model: IntegrationModel, queries: Mapping[str, StoreLike], out_dir
         with model.serving(m, store, batch_key):
             # the base embedding only: a model's own extras (FactVAE's joint store) describe the reference run
             paths |= IntegrationModel.embed(model, out_dir / "embeddings", [m], overwrite=overwrite, progress=progress)
+    record = {"run": None if model.run_dir is None else str(Path(model.run_dir).resolve()), "method": model.method,
+              "batch_key": batch_key, "label_key": label_key, "adaptation": model.query_summary,
+              "modalities": {m: {"input": input_record(spec), "embedding": str(paths[m]),
+                                 "matched_by": stores[m].matched_by,
+                                 "features_present": float(stores[m].present[pd.Index(records[m].var_names).get_indexer(
+                                     records[m].model_features)].mean()),
+                                 "soma_obsm_key": model.soma_keys.get(m)} for m, spec in queries.items()}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / MAPPING, json.dumps(record, indent=1).encode())
     model.query_labels = {}
     for m, path in reference.items():
         table = transfer_labels(path, paths[m], label_key, k=k)
