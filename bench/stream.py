@@ -90,14 +90,14 @@ def _epoch(batches, n_expected: int) -> dict:
             "first_batch_s": first[0] if first else float("nan"), "cells_per_s_after_first_batch": after}
 
 
-def run_one(name: str, data: Path, batch_size: int, workers: int) -> dict:
+def run_one(name: str, data: Path, batch_size: int, workers: int, query: str | None = None) -> dict:
     """One epoch of one loader, in this process (and its workers)."""
     import torch
 
     zarr_path = data / "sim" / "rna.zarr"
     soma_path = data / "rna.soma"
     if name in CENSUS_LOADERS:
-        return _run_census(name, data / "census.soma", batch_size, workers)
+        return _run_census(name, data / "census.soma", batch_size, workers, query or _census_tool().LUNG_QUERY)
     if name in ("cellweave_zarr", "cellweave_soma"):
         from cellweave.data import CellStream, make_loader, open_modality
 
@@ -140,12 +140,11 @@ def run_one(name: str, data: Path, batch_size: int, workers: int) -> dict:
     raise ValueError(name)
 
 
-def _run_census(name: str, experiment: Path, batch_size: int, workers: int) -> dict:
-    """One epoch over the lung query of the Census-shaped experiment (set-up, query included, timed apart)."""
+def _run_census(name: str, experiment: Path, batch_size: int, workers: int, query_text: str) -> dict:
+    """One epoch over a query of the Census-shaped experiment (set-up, query included, timed apart)."""
     import tiledbsoma as soma
     import torch
 
-    query_text = _census_tool().LUNG_QUERY
     t = time.perf_counter()
     if name == "cellweave_census":
         from cellweave.data import CellStream, make_loader, open_modality
@@ -184,9 +183,10 @@ def _run_annbatch(data: Path, batch_size: int) -> dict:
     return _epoch((torch.from_numpy(b["X"].toarray()) for b in loader), loader.n_obs)
 
 
-def measure(name: str, data: Path, batch_size: int, workers: int) -> dict:
+def measure(name: str, data: Path, batch_size: int, workers: int, query: str | None = None) -> dict:
     """Run one loader in a subprocess and sample its process tree's RSS."""
-    return run_measured([__file__, "--run-one", name, "--data", str(data), "--batch-size", str(batch_size), "--workers", str(workers)])
+    return run_measured([__file__, "--run-one", name, "--data", str(data), "--batch-size", str(batch_size),
+                         "--workers", str(workers)] + (["--query", query] if query else []))
 
 
 def main() -> None:
@@ -199,20 +199,22 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--only", nargs="*", choices=BASELINES + CENSUS_LOADERS)
     p.add_argument("--census", action="store_true", help="the Census-shaped query case (see above)")
+    p.add_argument("--query", help="--census: the obs value filter (default: the lung query)")
     p.add_argument("--run-one", choices=BASELINES + CENSUS_LOADERS, help=argparse.SUPPRESS)
     args = p.parse_args()
     data = args.data or Path(".bench") / f"{'census' if args.census else 'stream'}-{args.cells}-{args.genes}"
     if args.run_one:
-        print(json.dumps(run_one(args.run_one, data, args.batch_size, args.workers)))
+        print(json.dumps(run_one(args.run_one, data, args.batch_size, args.workers, args.query)))
         return
     if args.census:
         prepare_census(data, args.cells, args.genes)
     else:
         prepare(data, args.cells, args.genes)
-    results = {"cells": args.cells, "genes": args.genes, "batch_size": args.batch_size, "workers": args.workers,
+    results = {"cells": args.cells, "genes": args.genes, "query": args.query, "batch_size": args.batch_size,
+               "workers": args.workers,
                "machine": f"{platform.node()} {os.cpu_count()} cpu, Python {platform.python_version()}"}
     for name in args.only or (CENSUS_LOADERS if args.census else BASELINES):
-        results[name] = measure(name, data, args.batch_size, args.workers)
+        results[name] = measure(name, data, args.batch_size, args.workers, args.query)
         r = results[name]
         line = r.get("error") or (f"{r['cells_per_s']:>10,.0f} cells/s ({r['cells_per_s_after_first_batch']:,.0f} after "
                                   f"the first batch at {r['first_batch_s']:.1f}s)   peak RSS {r['peak_rss_mb']:>8,.0f} MB   "
