@@ -121,6 +121,20 @@ def test_resume_reads_permuted_genes_aligned_and_the_api_refuses_unaligned_ones(
         model.fit(16, run_dir=root / "resume_same", resume=True, progress=False)
 
 
+def test_imputation_reads_a_permuted_store_aligned(scmodal_run):
+    from cellweave.models import SCMODAL
+
+    root, atlas = scmodal_run
+    genes = open_modality(atlas["rna"]).var_names
+    permuted = _rewrite(atlas["rna"], root / "permuted_impute.zarr",
+                        columns=genes[np.random.default_rng(6).permutation(len(genes))])
+    same = SCMODAL.from_run(root / "run").impute("rna", "adt", out=root / "impute_same.zarr")
+    moved = SCMODAL.from_run(root / "run", modalities={"rna": permuted}).impute("rna", "adt", out=root / "impute_perm.zarr")
+    a, b = ad.read_zarr(same), ad.read_zarr(moved)
+    assert a.shape == (600, 30) and list(a.var_names) == list(b.var_names)
+    np.testing.assert_array_equal(np.asarray(a.X), np.asarray(b.X))
+
+
 def test_missing_genes_warn_and_are_filled_better_than_raw_zeros(scmodal_run):
     root, atlas = scmodal_run
     from cellweave.models import SCMODAL
