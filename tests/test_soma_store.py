@@ -405,3 +405,26 @@ def test_cli_store_options_apply_to_the_soma_inputs_only(tmp_path):
                      "adt": "adt.zarr"}
     with pytest.raises(InputError, match="--layer, --obs-filter, --feature-key: these options select from TileDB-SOMA"):
         specs_from_args({"adt": "adt.zarr"}, args)
+
+
+def test_obsm_of_a_query_spans_obs_and_is_replaced_on_a_second_write(census):
+    import tiledbsoma
+
+    from cellweave.data.embeddings import write_soma_obsm
+
+    out = census[0]
+    store = SomaStore(out, "RNA", layer="raw", obs_filter=LUNG)
+    rng = np.random.default_rng(0)
+    first, second = rng.normal(size=(store.n_obs, 3)), rng.normal(size=(store.n_obs, 3))
+    write_soma_obsm(store, "X_test", first)
+    write_soma_obsm(store, "X_test", second)  # a resumed run embeds again under its key
+    with tiledbsoma.Experiment.open(str(out)) as exp:
+        arr = exp.ms["RNA"]["obsm"]["X_test"]
+        assert arr.shape == (1200, 3)
+        coo = arr.read().tables().concat()
+    got = np.zeros((1200, 3), dtype=np.float32)
+    got[coo["soma_dim_0"].to_numpy(), coo["soma_dim_1"].to_numpy()] = coo["soma_data"].to_numpy()
+    np.testing.assert_array_equal(got[store._joinids], second.astype(np.float32))
+    assert np.count_nonzero(np.delete(got, store._joinids, axis=0)) == 0
+    assert [p.name for p in (out / "ms" / "RNA" / "obsm").iterdir() if p.name.startswith("X_test")] != ["X_test"]
+    assert len([p for p in (out / "ms" / "RNA" / "obsm").iterdir() if p.name.startswith("X_test")]) == 1

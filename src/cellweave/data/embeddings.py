@@ -152,24 +152,52 @@ class EmbeddingWriter:
 def write_soma_obsm(store: ModalityStore, key: str, values: np.ndarray) -> None:
     """Write ``values`` (cells in store order x width) into the SOMA measurement's ``obsm[key]``.
 
-    An existing ``obsm[key]`` is replaced. Rows are indexed by the cells' ``soma_joinid`` as SOMA requires.
+    An existing ``obsm[key]`` (e.g. from an earlier embedding of the same run) is replaced: unlinked, written
+    afresh under a new directory, and its old directory removed. Rows are indexed by the cells' ``soma_joinid``
+    as SOMA requires; the array spans every obs row, whichever cells a query selected.
     """
+    import secrets
+    import shutil
+
     import pyarrow as pa
     import tiledbsoma as soma
 
     joinids = store._joinids  # SomaStore: joinids of its cells in row order
-    n_total = int(joinids.max()) + 1 if joinids.size else 0
     width = values.shape[1]
+    old, n_obs = _unlink_obsm(store, key)
+    n_total = max(n_obs, int(joinids.max()) + 1 if joinids.size else 0)
     with soma.Experiment.open(store.experiment, "w") as exp:
         meas = exp.ms[store.measurement]
         if "obsm" not in meas:
             meas.add_new_collection("obsm")
         obsm = meas["obsm"]
-        if key in obsm:
-            obsm.delete(key)
-        arr = obsm.add_new_sparse_ndarray(key, type=pa.float32(), shape=(n_total, width))
+        try:  # tiledbsoma cannot reuse the URI of a replaced member (or one left by an interrupted write)
+            if old is not None:
+                raise soma.AlreadyExistsError(old)
+            arr = obsm.add_new_sparse_ndarray(key, type=pa.float32(), shape=(n_total, width))
+        except soma.AlreadyExistsError:
+            arr = obsm.add_new_sparse_ndarray(key, uri=f"{key}-{secrets.token_hex(4)}", type=pa.float32(),
+                                              shape=(n_total, width))
         for a in range(0, len(joinids), ROW_CHUNK):
             block = np.asarray(values[a : a + ROW_CHUNK], dtype=np.float32)
             i = np.repeat(joinids[a : a + ROW_CHUNK], width)
             j = np.tile(np.arange(width, dtype=np.int64), block.shape[0])
             arr.write(pa.Table.from_pydict({"soma_dim_0": i, "soma_dim_1": j, "soma_data": block.ravel()}))
+    if old is not None and old.startswith("file://"):
+        shutil.rmtree(old.removeprefix("file://"), ignore_errors=True)
+
+
+def _unlink_obsm(store: ModalityStore, key: str) -> tuple[str | None, int]:
+    """Remove ``obsm[key]`` from the measurement's collection: the URI of its array (None when absent) and the
+    number of obs rows of the experiment."""
+    import tiledbsoma as soma
+
+    with soma.Experiment.open(store.experiment) as exp:
+        n_obs = int(exp.obs.count)
+        meas = exp.ms[store.measurement]
+        if "obsm" not in meas or key not in meas["obsm"]:
+            return None, n_obs
+        uri = meas["obsm"][key].uri
+    with soma.Experiment.open(store.experiment, "d") as exp:
+        del exp.ms[store.measurement]["obsm"][key]
+    return uri, n_obs
