@@ -45,7 +45,7 @@ PEAK_KINDS = ("atac",)
 
 @dataclass
 class CVQVAEConfig:
-    """CVQVAE settings; defaults follow the paper and the authors' code (see ../shared/DESIGN.md).
+    """CVQVAE settings; defaults follow the paper and the authors' code (see docs/methods/cvqvae.md).
 
     Attributes
     ----------

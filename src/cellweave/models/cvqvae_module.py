@@ -14,7 +14,7 @@ thing whatever modality a cell was encoded from. A training step on one paired m
    variance of the whole training matrix; streamed, ``Var(x)`` is a running cell-weighted mean of the
    minibatches' variances (over about the last ``VAR_WINDOW`` cells), kept in a buffer.
 
-Defaults follow the paper and the authors' code (../shared/DESIGN.md): 2048 codes, decay 0.99, commitment
+Defaults follow the paper and the authors' code (docs/methods/cvqvae.md): 2048 codes, decay 0.99, commitment
 0.25, latent MSE weight 10, latent width 16, Adam. Departures: the paper's eq. 2 trains cross reconstruction
 only; self reconstruction is added (weight 1, 0 gives the paper's loss); the decoders also see the batch
 one-hot (the authors append it to the input and reconstruct it); LayerNorm replaces the authors' BatchNorm by

@@ -45,7 +45,7 @@ ENCODER_INPUTS = ("counts", "reduced")
 
 @dataclass
 class FactVAEConfig:
-    """FactVAE settings; network and loss defaults follow the authors' code (see ../shared/DESIGN.md).
+    """FactVAE settings; network and loss defaults follow the authors' code (see docs/methods/factvae.md).
 
     Attributes
     ----------

@@ -51,7 +51,7 @@ LEARN = "learn"
 
 @dataclass
 class SCMODALConfig:
-    """scMODAL settings; defaults follow the authors' code (see ../shared/DESIGN.md).
+    """scMODAL settings; defaults follow the authors' code (see docs/methods/scmodal.md).
 
     Attributes
     ----------

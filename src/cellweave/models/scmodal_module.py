@@ -16,7 +16,7 @@ A pair's linked features are a table view ``(x_s[:, cols], x_t @ W.T)``, a learn
 ``(x_s @ P_s + b_s, x_t @ P_t + b_t)`` (:class:`~cellweave.links.LinkProjection`), or both: then each view's rows
 are scaled to unit length and concatenated, so the cosine of two cells is the mean of their two views' cosines.
 
-Defaults follow the authors' code (see ../shared/DESIGN.md): weights AE 10, cross 10, MNN 1, geometry 10,
+Defaults follow the authors' code (see docs/methods/scmodal.md): weights AE 10, cross 10, MNN 1, geometry 10,
 GAN 1; 5 discriminator steps per generator step; Adam lr 1e-3, weight decay 1e-3.
 """
 

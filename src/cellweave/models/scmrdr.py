@@ -54,7 +54,7 @@ VAL_RUN = 16
 
 @dataclass
 class SCMRDRConfig:
-    """scMRDR settings; defaults follow the paper and the authors' code (see ../shared/DESIGN.md).
+    """scMRDR settings; defaults follow the paper and the authors' code (see docs/methods/scmrdr.md).
 
     Attributes
     ----------
