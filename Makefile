@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup setup-test demo test bench-stream clean
+.PHONY: setup setup-test setup-docs demo test docs bench-stream clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,13 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[test,bench]"
 	@touch $@
 
+$(VENV)/.installed-docs: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[docs]"
+	@touch $@
+
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
+setup-docs: $(VENV)/.installed-docs
 
 demo: setup
 	$(VENV)/bin/cellweave demo
@@ -40,5 +45,12 @@ demo: setup
 test: setup-test
 	@rm -f .pytest-rc; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; echo $$rc > .pytest-rc; exit $$rc
 
+# The documentation site in docs/_build/html: every warning (a broken cross-reference, a bad docstring) is an error,
+# and the tutorial notebooks are executed, so a failing cell fails the build. SPHINX_ARGS adds options (e.g. -j 2).
+SPHINX_ARGS ?=
+docs: setup-docs
+	@rm -rf docs/generated
+	OMP_NUM_THREADS=1 $(PY) -m sphinx -b html -E -W --keep-going -n $(SPHINX_ARGS) docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) .pytest_cache .pytest-rc
+	rm -rf $(VENV) .pytest_cache .pytest-rc docs/_build docs/generated docs/jupyter_execute

@@ -7,7 +7,7 @@
   the active scheduler (:func:`dask_scheduler`): silhouettes by blocked matrix products (never N x N),
   LISI, kBET, graph connectivity, NMI/ARI (FAISS k-means, Leiden grid), isolated labels, PCR, label
   transfer, FOSCTTM, pair distance and the mixing metric.
-- :func:`aggregate`: bio 0.4 / modality 0.3 / batch 0.3 (seed 000); :func:`scaled_aggregate`: scib-metrics'
+- :func:`aggregate`: bio 0.4 / modality 0.3 / batch 0.3 (as scMRDR); :func:`scaled_aggregate`: scib-metrics'
   min-max scaled variant across embeddings.
 """
 

@@ -1,4 +1,4 @@
-"""Aggregate scores: group means and the weighted overall score (seed 000), raw and min-max scaled.
+"""Aggregate scores: group means and the weighted overall score (as scMRDR), raw and min-max scaled.
 
 Each group score is the mean of its defined (non-NaN) metrics; the overall score weights bio conservation
 0.4, modality integration 0.3 and batch correction 0.3 (scMRDR), renormalised over the groups that have a

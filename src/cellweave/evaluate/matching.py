@@ -1,4 +1,4 @@
-"""Matching accuracy between modalities (scMODAL, seed 001): label transfer, FOSCTTM, pair distance, mixing.
+"""Matching accuracy between modalities (as scMODAL reports them): label transfer, FOSCTTM, pair distance, mixing.
 
 - Label transfer: each cell of modality B takes the label of its nearest cell of A (1-NN) or the majority of
   its ``k`` nearest (ties go to the label met first, i.e. nearest), scored against B's own labels; every
@@ -6,7 +6,7 @@
 - FOSCTTM (SCOT's form): for each true pair ``(a_i, b_i)``, the fraction of the other ``n - 1`` cells of B
   closer to ``a_i`` than ``b_i`` is, and the same from ``b_i``; averaged over both directions and all pairs.
 - Pair distance: ``|a_i - b_i|`` over the mean of ``a_i``'s distance to every cell of B and ``b_i``'s to every
-  cell of A (our reading of the paper's formula, which the PDF garbles); averaged over pairs.
+  cell of A (our reading of the paper's formula); averaged over pairs.
 - Mixing metric (Seurat, as scMODAL computes it): for each cell, the rank among its 299 nearest other cells of
   the 5th neighbour from each modality (300 when absent); median over modalities, mean over cells.
 

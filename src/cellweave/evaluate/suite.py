@@ -349,7 +349,7 @@ def evaluate_embedding(
             else:
                 group["pcr_comparison"] = run.step(
                     f"pcr {key}", lambda v=values: pcr_comparison(X_pre, X, v, chunk_size=s.chunk_size))
-        # graph connectivity scores integration: with modalities (seed 000) it counts there, else with batches
+        # graph connectivity scores integration: with modalities (as scMRDR) it counts there, else with batches
         metrics["modality" if modality is not None else "batch"]["graph_connectivity"] = connectivity
 
         if modality is not None and len(pd.unique(modality)) > 1:
