@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 from typing import Any
 
 from docutils import nodes
@@ -56,6 +57,15 @@ def _scopes(module: str | None, cls: str | None, refdoc: str) -> list[str]:
     return [s for s in scopes if s]
 
 
+def _submodules(module: str | None) -> list[str]:
+    """The modules of the package ``module`` (an autosummary line is read in the package's context, while its
+    docstring was written in the defining module's)."""
+    package = _resolve(module) if module and module.startswith("cellweave") else None
+    if package is None or not hasattr(package, "__path__"):
+        return []
+    return [f"{module}.{info.name}" for info in pkgutil.iter_modules(package.__path__)]
+
+
 def _exists(target: str, module: str | None, cls: str | None, refdoc: str) -> bool:
     """Whether ``target`` names a cellweave object (an instance attribute counts when the class sets it), as written
     or relative to the referring module/class."""
@@ -66,6 +76,9 @@ def _exists(target: str, module: str | None, cls: str | None, refdoc: str) -> bo
         if _resolve(name) is not None:
             return True
     if "." not in target:
+        for module_name in _submodules(module):
+            if _resolve(f"{module_name}.{target}") is not None:
+                return True
         for scope in scopes:
             owner = _resolve(scope)
             if isinstance(owner, type):
