@@ -63,7 +63,7 @@ napoleon_use_param = True
 # with --keep-going every broken notebook is reported in one build. CELLWEAVE_DOCS_EXECUTE=off skips execution
 # while editing prose.
 nb_execution_mode = os.environ.get("CELLWEAVE_DOCS_EXECUTE", "force")
-nb_execution_timeout = 300
+nb_execution_timeout = 900  # per cell; a cell takes well under a minute on an idle CPU
 nb_execution_raise_on_error = False
 nb_execution_show_tb = True
 nb_merge_streams = True
