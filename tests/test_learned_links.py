@@ -3,6 +3,8 @@ protein -> gene truth, scMODAL with learned links vs a random table, the run fil
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,13 +29,21 @@ from cellweave.links import (
     learn,
     read_links,
 )
+from cellweave.links.learn import UnreliableAlignmentWarning
 from cellweave.links.pivots import drop_worst, match_blocks
+from cellweave.links.transport import (
+    alignment_quality,
+    entropic_gw,
+    geodesic_distances,
+    stratified_sample,
+)
 from cellweave.models import SCMODAL, read_embedding
 from cellweave.models.scmodal import LEARNED_DIR
 from cellweave.models.scmodal_module import SCMODALModule
 from cellweave.simulate import simulate_atlas
 
 SMALL = {"n_top_features": 300, "hidden": 128, "batch_size": 256}
+BLIND = {"ot_cells": 300, "ot_neighbors": [15], "ot_epsilon": [5e-3, 1e-2], "ot_starts": 2}  # small transport grid
 WEAK = 5  # proteins kept in the weak table
 
 
@@ -145,6 +155,103 @@ def test_reduced_features_are_the_pca_of_the_model_inputs(atlas):
     np.testing.assert_allclose(np.abs(sample.reduced), np.abs(z), atol=1e-3 * np.abs(z).max())
 
 
+# ---------------------------------------------------------------- transport between geometries
+
+def test_entropic_gw_equals_pot_plain_and_fused():
+    import ot
+
+    rng = np.random.default_rng(0)
+    ca, cb = geodesic_distances(rng.normal(size=(60, 5)), 8), geodesic_distances(rng.normal(size=(50, 3)), 8)
+    p, q = ot.unif(60), ot.unif(50)
+    ours = entropic_gw(ca, cb, 0.01, max_iter=500, tol=1e-9)
+    ref = ot.gromov.entropic_gromov_wasserstein(ca, cb, p, q, "square_loss", epsilon=0.01, max_iter=500, tol=1e-9)
+    np.testing.assert_allclose(ours.coupling, ref, atol=1e-6 * ref.max())
+    np.testing.assert_allclose(ours.loss, ot.gromov.gwloss(*ot.gromov.init_matrix(ca, cb, p, q), ours.coupling), rtol=1e-9)
+    m = rng.random((60, 50))
+    fused = entropic_gw(ca, cb, 0.01, feature_cost=m, alpha=0.3, max_iter=500, tol=1e-9)
+    ref = ot.gromov.entropic_fused_gromov_wasserstein(m, ca, cb, p, q, "square_loss", epsilon=0.01, alpha=0.3,
+                                                       max_iter=500, tol=1e-9)
+    np.testing.assert_allclose(fused.coupling, ref, atol=1e-6 * ref.max())
+    np.testing.assert_allclose(fused.coupling.sum(1), p, atol=1e-9)
+    with pytest.raises(InputError, match="epsilon"):
+        entropic_gw(ca, cb, 0.0)
+
+
+def test_geodesic_distances_follow_the_graph_and_stay_finite_across_clusters():
+    rng = np.random.default_rng(1)
+    x = np.vstack([rng.normal(size=(40, 2)), rng.normal(size=(40, 2)) + [30, 0], rng.normal(size=(40, 2)) + [90, 0]])
+    g = geodesic_distances(x, 5)
+    assert np.isfinite(g).all() and g.max() == 1.0 and np.allclose(g, g.T) and np.all(np.diag(g) == 0)
+    # clusters keep their order: the far cluster is further from the first than the middle one
+    assert g[:40, 80:].min() > g[:40, 40:80].max()
+    # a nearest-neighbour edge is its own shortest path, and no path is shorter than the straight line
+    d = cdist(x, x)
+    np.fill_diagonal(d, np.inf)
+    nn = d.argmin(1)
+    np.fill_diagonal(d, 0)
+    scale = d[np.arange(120), nn] / g[np.arange(120), nn]
+    np.testing.assert_allclose(scale, scale[0], rtol=1e-9)
+    assert np.all(d <= g * scale[0] + 1e-9)
+
+
+def test_stratified_sample_keeps_a_rare_population():
+    rng = np.random.default_rng(2)
+    x = np.vstack([rng.normal(size=(5000, 3)), rng.normal(size=(25, 3)) + 50])  # 0.5% rare cells
+    rare = np.zeros(len(x), bool)
+    rare[5000:] = True
+    idx = stratified_sample(x, 200, np.random.default_rng(0), n_strata=10)
+    assert len(idx) == 200 and len(np.unique(idx)) == 200 and np.all(np.diff(idx) > 0)
+    assert rare[idx].sum() >= 5  # uniform draws would give 1 on average
+    other = stratified_sample(x, 200, np.random.default_rng(1), exclude=idx)
+    assert not set(other) & set(idx)
+
+
+def test_alignment_quality_is_high_for_the_truth_and_near_zero_for_a_random_alignment():
+    rng = np.random.default_rng(3)
+    centres = 8 * rng.normal(size=(6, 5))
+    lab = rng.integers(0, 6, 300)
+    z = centres[lab] + rng.normal(size=(300, 5))
+    a, b = z @ rng.normal(size=(5, 12)), z @ rng.normal(size=(5, 7))  # one latent, two feature spaces
+    ga, gb = geodesic_distances(a, 15), geodesic_distances(b, 15)
+    truth = alignment_quality(z, z, ga, gb)
+    shuffled = alignment_quality(z, z[rng.permutation(300)], ga, gb)
+    swapped = alignment_quality(z, centres[(lab + 1) % 6] + rng.normal(size=(300, 5)), ga, gb)
+    print(f"\nquality: truth {truth:.3f}, shuffled {shuffled:.3f}, clusters swapped {swapped:.3f}")
+    assert truth > 0.6 and abs(shuffled) < 0.1 and swapped < truth - 0.3  # noisy geodesics: truth is not 1
+
+
+def test_transport_memory_is_bounded_by_the_transport_sample_not_by_n():
+    """tracemalloc peak of the transport step: x10 cells in, same transport sample -> same peak; x2 sample -> ~x4."""
+    import tracemalloc
+
+    def peak(n_cells: int, n_ot: int) -> int:
+        rng = np.random.default_rng(4)
+        a, b = rng.normal(size=(n_cells, 10)), rng.normal(size=(n_cells, 8))
+        tracemalloc.start()
+        ia, ib = stratified_sample(a, n_ot, rng), stratified_sample(b, n_ot, rng)
+        entropic_gw(geodesic_distances(a[ia], 15), geodesic_distances(b[ib], 15), 1e-2, max_iter=3)
+        out = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return out
+
+    base, more_cells, bigger = peak(3_000, 150), peak(30_000, 150), peak(3_000, 300)
+    print(f"\npeak MiB: N=3000 n=150 {base / 2**20:.2f}, N=30000 n=150 {more_cells / 2**20:.2f}, "
+          f"N=3000 n=300 {bigger / 2**20:.2f}")
+    assert more_cells < 1.25 * base
+    assert 2.5 * base < bigger < 5 * base
+
+
+def test_unreliable_alignment_warns(tmp_path):
+    """Two modalities of pure noise: nothing to align; the quality says so and learn() warns."""
+    rng = np.random.default_rng(7)
+    a = _store(tmp_path, "a", rng.poisson(5, (400, 20)), [f"A{i}" for i in range(20)])
+    b = _store(tmp_path, "b", rng.poisson(5, (400, 15)), [f"B{i}" for i in range(15)])
+    settings = BLIND | {"n_iter": 1, "min_correlation": -1.0, "quality_cells": 80}
+    with pytest.warns(UnreliableAlignmentWarning, match="unreliable"):
+        res = learn(a, b, None, settings=settings)
+    assert not res.reliable and "UNRELIABLE" in res.summary()
+
+
 # ---------------------------------------------------------------- learning links on simulated truth
 
 def _partner_auroc(res: LearnedLinks, truth: FeatureLinks, skip: set[str] = frozenset()) -> float:
@@ -184,9 +291,13 @@ def test_learned_links_recover_the_true_partners(atlas, truth, weak):
     print(f"weak table: partner AUROC {auroc:.3f} (chance 0.5), canonical-space FOSCTTM {fos:.3f} (chance 0.5)")
     assert auroc > 0.7 and fos < 0.2
 
-    blind = learn(rna, adt, None, seed=0)  # no link at all: cluster geometry gives the first pivots
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        blind = learn(rna, adt, None, settings=BLIND, seed=0)  # no link at all: transport between the geometries
     print(blind.summary())
-    assert blind.initial == "geometry" and blind.history[0].matched_on == "geometry"
+    assert blind.initial == "transport" and blind.history[0].matched_on == "transport"
+    assert len(blind.candidates) == 2  # the candidate whose two independent samples agree best is kept
+    assert blind.agreement == pytest.approx(max(c.agreement for c in blind.candidates), abs=1e-4)
     swapped = LearnedLinks("adt", "rna", blind.target_features, blind.source_features,
                            LinkProjection(blind.projection.target, blind.projection.source,
                                           blind.projection.target_offset, blind.projection.source_offset),
@@ -194,8 +305,12 @@ def test_learned_links_recover_the_true_partners(atlas, truth, weak):
                            blind.source_loadings, blind.history, blind.initial, blind.settings)
     auroc_blind = _partner_auroc(swapped, truth)
     fos_blind = _cca_foscttm(swapped, x_adt, x_rna)
-    print(f"no table: partner AUROC {auroc_blind:.3f}, canonical-space FOSCTTM {fos_blind:.3f}")
-    assert auroc_blind > 0.6 and fos_blind < 0.4
+    print(f"no table: partner AUROC {auroc_blind:.3f}, canonical-space FOSCTTM {fos_blind:.3f}, "
+          f"agreement {blind.agreement:.3f}")
+    # never silently wrong: a result no better than chance must come with the unreliable-alignment warning
+    warned = any(issubclass(w.category, UnreliableAlignmentWarning) for w in caught)
+    assert warned == (not blind.reliable)
+    assert (auroc_blind > 0.6 and fos_blind < 0.4) or warned
 
     # the learned table: each protein's best gene is the argmax of the dense association
     table = from_weak.feature_links(top=1).table
@@ -313,12 +428,13 @@ def test_cli_fit_learns_links(atlas, tmp_path, capsys):
     from cellweave.cli import main
 
     config = tmp_path / "run.toml"
-    config.write_text("[model]\nn_top_features = 300\nhidden = 32\nbatch_size = 128\n[model.learn]\nn_cells = 500\nn_iter = 1\n")
+    config.write_text("[model]\nn_top_features = 300\nhidden = 32\nbatch_size = 128\n[model.learn]\nn_cells = 500\nn_iter = 1\n"
+                      "ot_cells = 200\not_neighbors = 15\not_epsilon = 0.01\not_starts = 1\n")
     base = ["fit", "--modality", f"rna={atlas['rna']}", "--modality", f"adt={atlas['adt']}", "--config", str(config),
             "--max-steps", "2", "--device", "cpu"]
     assert main([*base, "--links", "learn", "--out", str(tmp_path / "blind")]) == 0
     out = capsys.readouterr().out
-    assert "learned links rna -> adt" in out and "first pivots from geometry" in out
+    assert "learned links rna -> adt" in out and "first pivots from transport" in out
     assert (tmp_path / "blind" / LEARNED_DIR / "rna__adt.npz").exists()
     assert main([*base, "--links", str(atlas["links"]), "--links-augment", "learn", "--out", str(tmp_path / "aug")]) == 0
     out = capsys.readouterr().out
@@ -327,7 +443,7 @@ def test_cli_fit_learns_links(atlas, tmp_path, capsys):
 
 
 def _fit_foscttm(inputs, links, tmp_path, name, steps) -> float:
-    model = SCMODAL(inputs, links=links, config=SMALL, seed=0)
+    model = SCMODAL(inputs, links=links, config=SMALL | {"learn": BLIND | {"n_iter": 1}}, seed=0)
     model.fit(steps, run_dir=tmp_path / name, progress=False)
     paths = model.embed(progress=False)
     z = np.vstack([read_embedding(paths["adt"]), read_embedding(paths["rna"])])
@@ -335,6 +451,7 @@ def _fit_foscttm(inputs, links, tmp_path, name, steps) -> float:
     return foscttm(z, np.r_[["adt"] * n, ["rna"] * n], np.r_[np.arange(n), np.arange(n)])["adt|rna"]["foscttm"]
 
 
+@pytest.mark.slow  # two scMODAL fits plus the transport: ~80 s on one core
 def test_scmodal_with_learned_links_only_beats_a_random_table(atlas, weak, tmp_path):
     """No table at all vs a table of the same size as the weak one whose genes are random input genes."""
     inputs = {"rna": atlas["rna"], "adt": atlas["adt"]}

@@ -1,20 +1,31 @@
 """Learned feature links: canonical directions shared by two modalities, found from matched cell pairs.
 
-Designed after MaxFuse (Chen et al. 2023), on bounded memory:
+Designed after SCOT (Demetci et al. 2022) for the first pivots and MaxFuse (Chen et al. 2023) for the
+refinement, on bounded memory:
 
 1. **Reduce and sample.** A PCA of each modality's input features (the stream's features and transform) is fitted
    out of core over the whole store (:func:`cellweave.reduce.load_or_fit`, kept beside the data), and a uniform
-   subsample of ``n_cells`` cells is read.
-2. **First pivots.** Cells are matched one to one (:func:`~cellweave.links.pivots.match_blocks`: linear
-   assignment in random blocks, never an ``N x M`` matrix) on the weak linked features (a handful of shared
-   markers), each smoothed over the cell's nearest neighbours within its modality. Without any linked feature,
-   the two modalities' cluster geometries are matched by Gromov-Wasserstein transport
-   (:func:`~cellweave.links.geometry.match_geometry`). The worst-matched share is dropped.
+   subsample of ``n_cells`` cells is read. A stratified share of it (``quality_cells``) is held out to score the
+   result; the rest is the *fit* sample.
+2. **First pivots.** Without any linked feature, ``ot_cells`` cells per modality (stratified) are coupled by
+   entropic Gromov-Wasserstein transport between their k-NN-graph geodesic distances
+   (:mod:`~cellweave.links.transport`), which needs no shared feature; each coupled source cell pivots with its
+   coupling-weighted mean target cell. With weak links (a handful of shared markers, each smoothed over the
+   cell's nearest neighbours) cells are matched one to one on them (:func:`~cellweave.links.pivots.match_blocks`),
+   or, with ``first_pivots="transport"``, the transport is *fused* with the linked features' distances.
 3. **CCA.** Regularised CCA (:func:`~cellweave.links.cca.fit_cca`) of the pivots' reduced features, fitted on
    a training share of the pivots; each canonical pair's correlation is also measured on the held-out share,
    and the pairs that hold up there (``>= min_correlation``) are chosen.
-4. **Refine.** Cells are re-matched on their smoothed scores of the chosen pairs, the worst matches dropped, and
-   CCA refitted, ``n_iter`` times.
+4. **Refine.** Fit cells are re-matched one to one on their smoothed scores of the chosen pairs, the worst
+   matches dropped, and CCA refitted, ``n_iter`` times.
+5. **Score and choose** (no labels, no pairs). Steps 2-4 run on two independent transport samples for every
+   neighbourhood size ``ot_neighbors`` x entropic regularisation ``ot_epsilon``. Held-out cells of both
+   modalities are projected by either result and matched one to one; the *agreement* of the two results
+   (:func:`~cellweave.links.transport.partner_agreement`: are a cell's partners under both close in the target
+   modality?) picks the candidate, and the *quality* (:func:`~cellweave.links.transport.alignment_quality`:
+   does the matching keep both modalities' geodesic distances?) picks the better of its two results. Below
+   ``min_agreement`` a warning (:class:`UnreliableAlignmentWarning`) says that the data do not determine the
+   alignment.
 
 The chosen canonical directions, folded through the PCA, become one :class:`LinkProjection` of each modality's
 input features: the learned linked features a model uses to find anchors.
@@ -24,7 +35,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -41,16 +54,36 @@ from ..errors import InputError
 from ..reduce import Reduction, load_or_fit
 from .cca import CCAFit, fit_cca
 from .feature_links import FeatureLinks
-from .geometry import match_geometry
-from .pivots import Pivots, drop_worst, match_blocks, neighbor_graph, smooth
+from .pivots import drop_worst, match_blocks, neighbor_graph, smooth
 from .projection import LinkProjection
+from .transport import (
+    alignment_quality,
+    barycentric,
+    cluster_start,
+    entropic_gw,
+    feature_cost,
+    geodesic_distances,
+    partner_agreement,
+    random_start,
+    stratified_sample,
+)
+
+log = logging.getLogger(__name__)
 
 #: Fewest pivots kept after filtering for a CCA fit.
 MIN_PIVOTS = 20
+#: k-NN graph size of the held-out cells' geodesic distances that score every alignment.
+QUALITY_NEIGHBORS = 15
+#: Clusters per modality and exact-GW starts of the cluster-level coupling that starts the transport.
+CLUSTERS, CLUSTER_STARTS = 30, 20
 #: Source rows scored at a time in :meth:`LearnedLinks.feature_links`.
 _SCORE_BLOCK = 1024
 #: Cells read at a time when sampling.
 _SAMPLE_BATCH = 4096
+
+
+class UnreliableAlignmentWarning(UserWarning):
+    """Alignments learned from two independent samples of cells disagree (below ``min_agreement``)."""
 
 
 @dataclass
@@ -73,15 +106,31 @@ class LearnSettings:
     n_iter
         Refinement rounds after the first CCA.
     drop
-        Share of the worst-matched pivots dropped in every round.
+        Share of the worst-matched pivots dropped in every refinement round.
     ridge
         CCA ridge, as a share of each covariance's mean variance.
     holdout
         Share of the pivots held out of each CCA fit to measure its correlations.
     min_correlation
         Held-out canonical correlation a pair needs to be chosen.
-    n_clusters, gw_starts
-        Without linked features: clusters per modality and Gromov-Wasserstein starts of the first matching.
+    first_pivots
+        With links: ``"links"`` (default): one-to-one matching on the smoothed linked features;
+        ``"transport"``: fused Gromov-Wasserstein transport. Without links, always (plain) transport.
+    ot_cells
+        Cells per modality in the transport (memory: a few ``ot_cells^2`` float64 matrices).
+    ot_neighbors, ot_epsilon
+        Candidate k-NN graph sizes and entropic regularisations; every combination is tried and the one of best
+        alignment quality kept.
+    ot_starts
+        Transport starts per candidate (a cluster-level GW coupling, the independent coupling, then random ones);
+        the lowest GW loss is kept.
+    fused_alpha
+        Weight of the geometry (vs the linked features' distances) in fused transport, in [0, 1].
+    quality_cells
+        Held-out cells per modality that score the alignment.
+    min_agreement
+        Agreement between the alignments of two independent transport samples below which :func:`learn` warns
+        that the alignment is unreliable.
     """
 
     n_components: int = 20
@@ -94,8 +143,14 @@ class LearnSettings:
     ridge: float = 0.05
     holdout: float = 0.2
     min_correlation: float = 0.3
-    n_clusters: int = 30
-    gw_starts: int = 20
+    first_pivots: str = "links"
+    ot_cells: int = 800
+    ot_neighbors: list[int] = field(default_factory=lambda: [15, 40])
+    ot_epsilon: list[float] = field(default_factory=lambda: [2e-3, 5e-3, 1e-2])
+    ot_starts: int = 3
+    fused_alpha: float = 0.5
+    quality_cells: int = 400
+    min_agreement: float = 0.6
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "learn settings") -> LearnSettings:
@@ -104,21 +159,61 @@ class LearnSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(source, unknown[0], "unknown learned-links setting", f"use one of: {', '.join(sorted(known))}")
+        values = dict(values)
+        for name in ("ot_neighbors", "ot_epsilon"):  # a single value is a one-candidate list
+            if name in values and not isinstance(values[name], (list, tuple)):
+                values[name] = [values[name]]
         return cls(**values).checked(source)
 
     def checked(self, source: str = "learn settings") -> LearnSettings:
         """``self`` when every setting is in range, else :class:`InputError` naming the first bad one."""
         rules = [("n_components", self.n_components >= 1, ">= 1"), ("n_pca", self.n_pca >= 1, ">= 1"),
-                 ("n_cells", self.n_cells >= 2 * MIN_PIVOTS, f">= {2 * MIN_PIVOTS}"),
+                 ("n_cells", self.n_cells >= 4 * MIN_PIVOTS, f">= {4 * MIN_PIVOTS}"),
                  ("block_size", self.block_size >= 2, ">= 2"), ("smooth_k", self.smooth_k >= 0, ">= 0"),
                  ("n_iter", self.n_iter >= 0, ">= 0"), ("drop", 0 <= self.drop < 1, "in [0, 1)"),
                  ("ridge", self.ridge >= 0, ">= 0"), ("holdout", 0 < self.holdout < 1, "in (0, 1)"),
                  ("min_correlation", -1 <= self.min_correlation <= 1, "in [-1, 1]"),
-                 ("n_clusters", self.n_clusters >= 2, ">= 2"), ("gw_starts", self.gw_starts >= 1, ">= 1")]
+                 ("first_pivots", self.first_pivots in ("transport", "links"), "to 'transport' or 'links'"),
+                 ("ot_cells", self.ot_cells >= MIN_PIVOTS, f">= {MIN_PIVOTS}"),
+                 ("ot_neighbors", len(self.ot_neighbors) > 0 and all(int(k) == k and k >= 1 for k in self.ot_neighbors),
+                  "to a list of integers >= 1"),
+                 ("ot_epsilon", len(self.ot_epsilon) > 0 and all(e > 0 for e in self.ot_epsilon), "to a list of values > 0"),
+                 ("ot_starts", self.ot_starts >= 1, ">= 1"),
+                 ("fused_alpha", 0 <= self.fused_alpha <= 1, "in [0, 1]"),
+                 ("quality_cells", self.quality_cells >= 10, ">= 10"),
+                 ("min_agreement", -1 <= self.min_agreement <= 1, "in [-1, 1]")]
         for name, ok, want in rules:
             if not ok:
                 raise InputError(source, name, f"{name}={getattr(self, name)!r} is out of range", f"set {name} {want}")
         return self
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One transport setting tried by :func:`learn` and how its alignment scored.
+
+    Attributes
+    ----------
+    neighbors, epsilon
+        k-NN graph size and entropic regularisation.
+    gw_loss
+        Gromov-Wasserstein loss of the coupling (comparable only between couplings of the same graphs).
+    gw_iter, converged
+        Transport steps taken and whether the coupling converged.
+    quality
+        :func:`~cellweave.links.transport.alignment_quality` of the final alignment on the held-out cells.
+    agreement
+        :func:`~cellweave.links.transport.partner_agreement` of the alignments learned from two independent
+        transport samples.
+    """
+
+    neighbors: int
+    epsilon: float
+    gw_loss: float
+    gw_iter: int
+    converged: bool
+    quality: float
+    agreement: float
 
 
 @dataclass(frozen=True)
@@ -130,7 +225,8 @@ class LearnRound:
     iteration
         0 for the first pivots, then 1 .. ``n_iter``.
     matched_on
-        ``"links"``, ``"geometry"`` or ``"cca"`` (the previous round's chosen canonical scores).
+        ``"links"``, ``"transport"``, ``"fused transport"`` or ``"cca"`` (the previous round's chosen canonical
+        scores).
     n_matched, n_pivots
         Pairs matched, and kept after dropping the worst.
     correlations, heldout
@@ -168,11 +264,18 @@ class LearnedLinks:
         ``(d_s, K)`` and ``(d_t, K)``: correlation of each input feature with each chosen canonical score over
         the training pivots (structure coefficients: which features a direction is made of).
     history
-        One :class:`LearnRound` per round.
+        One :class:`LearnRound` per round (of the chosen candidate).
     initial
-        What the first pivots were matched on: ``"links"`` or ``"geometry"``.
+        What the first pivots were matched on: ``"links"``, ``"transport"`` or ``"fused transport"``.
     settings
         The settings used.
+    quality
+        Alignment quality of the result on held-out cells (:func:`~cellweave.links.transport.alignment_quality`).
+    agreement
+        Agreement of the alignments learned from two independent transport samples
+        (:func:`~cellweave.links.transport.partner_agreement`; NaN when the first pivots came from the links).
+    candidates
+        The transport settings tried (empty when the first pivots came from the links alone).
     """
 
     source_modality: str
@@ -188,6 +291,14 @@ class LearnedLinks:
     history: list[LearnRound]
     initial: str
     settings: LearnSettings = field(default_factory=LearnSettings)
+    quality: float = float("nan")
+    agreement: float = float("nan")
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def reliable(self) -> bool:
+        """False when transport samples disagree (agreement below ``settings.min_agreement``), else True."""
+        return not self.agreement < self.settings.min_agreement
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -197,7 +308,13 @@ class LearnedLinks:
     def summary(self) -> str:
         """A printable account: pivots and correlations per round, and the chosen pairs."""
         lines = [(f"learned links {self.source_modality} -> {self.target_modality}: {len(self.components)} canonical "
-                  f"pairs chosen, first pivots from {self.initial}")]
+                  f"pairs chosen, first pivots from {self.initial}, alignment quality {self.quality:.3f}, "
+                  f"agreement {self.agreement:.3f}"
+                  + ("" if self.reliable else f" (UNRELIABLE: agreement below {self.settings.min_agreement})"))]
+        for c in self.candidates:
+            lines.append(f"  transport k={c.neighbors} epsilon={c.epsilon:g}: GW loss {c.gw_loss:.4g} "
+                         f"({c.gw_iter} steps{'' if c.converged else ', not converged'}), quality {c.quality:.3f}, "
+                         f"agreement {c.agreement:.3f}")
         for r in self.history:
             corr = " ".join(f"{c:.2f}" for c in r.correlations[:8])
             held = " ".join(f"{c:.2f}" for c in r.heldout[:8])
@@ -254,7 +371,8 @@ class LearnedLinks:
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"source_modality": self.source_modality, "target_modality": self.target_modality,
                 "initial": self.initial, "settings": asdict(self.settings),
-                "history": [asdict(r) for r in self.history]}
+                "history": [asdict(r) for r in self.history], "quality": self.quality, "agreement": self.agreement,
+                "candidates": [asdict(c) for c in self.candidates]}
         p = self.projection
         arrays = {"source_projection": p.source, "target_projection": p.target, "source_offset": p.source_offset,
                   "target_offset": p.target_offset, "components": self.components, "correlations": self.correlations,
@@ -293,7 +411,8 @@ class LearnedLinks:
         return cls(meta["source_modality"], meta["target_modality"], a["source_features"].tolist(),
                    a["target_features"].tolist(), projection, a["components"], a["correlations"],
                    a["heldout_correlations"], a["source_loadings"], a["target_loadings"],
-                   [LearnRound(**r) for r in meta["history"]], meta["initial"], LearnSettings(**meta["settings"]))
+                   [LearnRound(**r) for r in meta["history"]], meta["initial"], LearnSettings(**meta["settings"]),
+                   meta["quality"], meta["agreement"], [Candidate(**c) for c in meta["candidates"]])
 
 
 @dataclass
@@ -305,6 +424,10 @@ class _Sample:
 
     def __post_init__(self) -> None:
         self.reduced = (self.x - self.reduction.mean) @ self.reduction.components.T
+
+    def take(self, rows: np.ndarray) -> _Sample:
+        """The cells at ``rows``."""
+        return _Sample(self.x[rows], self.reduction)
 
 
 def _sample(stream: CellStream, n_cells: int, n_pca: int, rng: np.random.Generator, progress: bool) -> _Sample:
@@ -350,15 +473,13 @@ def _loadings(x: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.divide(xc.T @ sc, den, out=np.zeros(den.shape), where=den > 0)
 
 
-def _fit_round(s: _Sample, t: _Sample, pivots: Pivots, cfg: LearnSettings,
-               rng: np.random.Generator) -> tuple[CCAFit, Pivots, np.ndarray]:
-    """CCA on a training share of ``pivots``; returns the fit, the training pivots and the held-out correlations."""
-    order = rng.permutation(len(pivots))
-    n_held = max(3, round(cfg.holdout * len(pivots)))
-    held, train = pivots.take(np.sort(order[:n_held])), pivots.take(np.sort(order[n_held:]))
-    fit = fit_cca(s.reduced[train.source], t.reduced[train.target], cfg.n_components, cfg.ridge)
-    heldout = _column_corr(fit.transform_x(s.reduced[held.source]), fit.transform_y(t.reduced[held.target]))
-    return fit, train, heldout
+def _fit_round(x: np.ndarray, y: np.ndarray, cfg: LearnSettings, rng: np.random.Generator) -> tuple[CCAFit, np.ndarray]:
+    """CCA on a training share of the paired rows ``x[i] <-> y[i]``; returns the fit and the held-out correlations."""
+    order = rng.permutation(len(x))
+    n_held = max(3, round(cfg.holdout * len(x)))
+    held, train = np.sort(order[:n_held]), np.sort(order[n_held:])
+    fit = fit_cca(x[train], y[train], cfg.n_components, cfg.ridge)
+    return fit, _column_corr(fit.transform_x(x[held]), fit.transform_y(y[held]))
 
 
 def _linked_features(s: _Sample, t: _Sample, links: FeatureLinks | None,
@@ -370,6 +491,101 @@ def _linked_features(s: _Sample, t: _Sample, links: FeatureLinks | None,
     if not len(cols):
         return None
     return s.x[:, cols].astype(np.float64), t.x @ np.asarray(W, dtype=np.float64).T
+
+
+@dataclass
+class _Fit:
+    """The outcome of one run of rounds: the last CCA, its chosen pairs and held-out correlations, the history."""
+
+    fit: CCAFit
+    chosen: np.ndarray
+    heldout: np.ndarray
+    history: list[LearnRound]
+    quality: float = float("nan")
+    agreement: float = float("nan")
+
+
+def _rounds(s: _Sample, t: _Sample, first: tuple[np.ndarray, np.ndarray], matched_on: str, n_matched: int,
+            graphs: list[np.ndarray | None], cfg: LearnSettings, rng: np.random.Generator,
+            names: tuple[str, str]) -> _Fit:
+    """CCA of the first pivots' reduced rows ``first``, then ``n_iter`` rounds of matching on canonical scores."""
+    x, y = first
+    history: list[LearnRound] = []
+    for it in range(cfg.n_iter + 1):
+        if len(x) < MIN_PIVOTS:
+            raise InputError(f"learn {names[0]} -> {names[1]}", "pivots", f"only {len(x)} pivots remain from {len(s.x)} and {len(t.x)} sampled "
+                             f"cells ({MIN_PIVOTS} needed)", "sample more cells (n_cells) or drop fewer pivots (drop)")
+        fit, heldout = _fit_round(x, y, cfg, rng)
+        chosen = np.flatnonzero(heldout >= cfg.min_correlation)
+        history.append(LearnRound(it, matched_on, n_matched, len(x), fit.correlations.round(4).tolist(),
+                                  heldout.round(4).tolist(), chosen.tolist()))
+        if it == cfg.n_iter:
+            break
+        use = chosen if len(chosen) else np.arange(1)
+        scores = [fit.transform_x(s.reduced)[:, use], fit.transform_y(t.reduced)[:, use]]
+        fa, fb = (v if g is None else smooth(v, g) for v, g in zip(scores, graphs))
+        matched = match_blocks(*_shared_standardized(fa, fb, "canonical scores", *names),
+                               cfg.block_size, rng)
+        pivots = drop_worst(matched, cfg.drop)
+        x, y, n_matched, matched_on = s.reduced[pivots.source], t.reduced[pivots.target], len(matched), "cca"
+    return _Fit(fit, chosen, heldout, history)
+
+
+def _quality(res: _Fit, s: _Sample, t: _Sample, geometry: tuple[np.ndarray, np.ndarray]) -> float:
+    """Alignment quality of a fit's chosen canonical pairs on the held-out cells ``s``, ``t``."""
+    return alignment_quality(*_shared(res, s, t), *geometry)
+
+
+def _transport_fits(s: _Sample, t: _Sample, linked: tuple[np.ndarray, np.ndarray] | None,
+                    graphs: list[np.ndarray | None], qs: _Sample, qt: _Sample, geometry: tuple[np.ndarray, np.ndarray],
+                    cfg: LearnSettings, rng: np.random.Generator, names: tuple[str, str],
+                    progress: bool) -> tuple[_Fit, list[Candidate]]:
+    """Every candidate transport, on two independent samples, run through the rounds and scored; the fit of best
+    agreement between the two samples (then quality) and every candidate's scores."""
+    n_ot = min(cfg.ot_cells, len(s.x) // 2, len(t.x) // 2)
+    first = [stratified_sample(x.reduced, n_ot, rng) for x in (s, t)]
+    second = [stratified_sample(x.reduced, n_ot, rng, exclude=f) for x, f in zip((s, t), first)]
+    matched_on = "transport" if linked is None else "fused transport"
+    best: tuple[float, _Fit] | None = None
+    candidates = []
+    bar = tqdm(total=len(cfg.ot_neighbors) * len(cfg.ot_epsilon), desc=f"transport {names[0]} -> {names[1]}",
+               disable=not progress)
+    for k in dict.fromkeys(int(k) for k in cfg.ot_neighbors):
+        geo = [[geodesic_distances(x.reduced[i], k) for x, i in zip((s, t), sample)] for sample in (first, second)]
+        costs = [None if linked is None else feature_cost(linked[0][ia], linked[1][ib]) for ia, ib in (first, second)]
+        for eps in cfg.ot_epsilon:
+            fits, gws = [], []
+            for (ia, ib), (ca, cb), cost in zip((first, second), geo, costs):
+                gw = None
+                for start in range(cfg.ot_starts):  # non-convex: cluster-level start, independent, random; lowest loss
+                    g0 = (cluster_start(s.reduced[ia], t.reduced[ib], CLUSTERS, CLUSTER_STARTS, rng) if start == 0
+                          else None if start == 1 else random_start(len(ia), len(ib), rng))
+                    run = entropic_gw(ca, cb, float(eps), feature_cost=cost, alpha=cfg.fused_alpha, start=g0)
+                    if gw is None or run.loss < gw.loss:
+                        gw = run
+                res = _rounds(s, t, (s.reduced[ia], barycentric(gw.coupling, t.reduced[ib])), matched_on, len(ia),
+                              graphs, cfg, rng, names)
+                res.quality = _quality(res, qs, qt, geometry)
+                fits.append(res)
+                gws.append(gw)
+            agreement = partner_agreement(*(_shared(f, qs, qt) for f in fits), geometry[1])
+            j = int(fits[1].quality > fits[0].quality)
+            pick, gw = fits[j], gws[j]
+            pick.agreement = agreement
+            candidates.append(Candidate(k, float(eps), round(gw.loss, 6), gw.n_iter, gw.converged,
+                                        round(pick.quality, 4), round(agreement, 4)))
+            if best is None or (agreement, pick.quality) > (best[0], best[1].quality):
+                best = (agreement, pick)
+            bar.update()
+        del geo
+    bar.close()
+    return best[1], candidates
+
+
+def _shared(res: _Fit, s: _Sample, t: _Sample) -> tuple[np.ndarray, np.ndarray]:
+    """Cells' coordinates on a fit's chosen canonical pairs."""
+    use = res.chosen if len(res.chosen) else np.arange(1)
+    return res.fit.transform_x(s.reduced)[:, use], res.fit.transform_y(t.reduced)[:, use]
 
 
 def learn(source: CellStream, target: CellStream, links: FeatureLinks | None = None, *,
@@ -414,43 +630,50 @@ def learn(source: CellStream, target: CellStream, links: FeatureLinks | None = N
         raise InputError(where, "links", f"the links go {links.source_modality} -> {links.target_modality}",
                          f"pass links from {s_name} to {t_name}")
     rng = np.random.default_rng([seed, 7])
-    s = _sample(source, cfg.n_cells, cfg.n_pca, rng, progress)
-    t = _sample(target, cfg.n_cells, cfg.n_pca, rng, progress)
+    s_all = _sample(source, cfg.n_cells, cfg.n_pca, rng, progress)
+    t_all = _sample(target, cfg.n_cells, cfg.n_pca, rng, progress)
+    n_q = min(cfg.quality_cells, len(s_all.x) // 4, len(t_all.x) // 4)
+    held = [stratified_sample(x.reduced, n_q, rng) for x in (s_all, t_all)]
+    qs, qt = s_all.take(held[0]), t_all.take(held[1])
+    s, t = (x.take(np.setdiff1d(np.arange(len(x.x)), h)) for x, h in zip((s_all, t_all), held))
+    geometry = (geodesic_distances(qs.reduced, QUALITY_NEIGHBORS), geodesic_distances(qt.reduced, QUALITY_NEIGHBORS))
     features = (source.reader.feature_names, target.reader.feature_names)
-    shared = _linked_features(s, t, links, features)
-    initial = "geometry" if shared is None else "links"
+    linked = _linked_features(s, t, links, features)
     graphs = [neighbor_graph(x.reduced, cfg.smooth_k) if cfg.smooth_k > 0 else None for x in (s, t)]
-    history: list[LearnRound] = []
-    matched_on = initial
-    for it in range(cfg.n_iter + 1):
-        if shared is None:
-            matched, _ = match_geometry(s.reduced, t.reduced, cfg.n_clusters, cfg.gw_starts, rng)
-        else:
-            fa, fb = (v if g is None else smooth(v, g) for v, g in zip(shared, graphs))
-            what = "linked features" if matched_on == "links" else "canonical scores"
-            matched = match_blocks(*_shared_standardized(fa, fb, what, s_name, t_name), cfg.block_size, rng)
+    if linked is not None:
+        linked = _shared_standardized(*(v if g is None else smooth(v, g) for v, g in zip(linked, graphs)),
+                                      "linked features", s_name, t_name)
+    candidates: list[Candidate] = []
+    if linked is not None and cfg.first_pivots == "links":
+        initial = "links"
+        matched = match_blocks(*linked, cfg.block_size, rng)
         pivots = drop_worst(matched, cfg.drop)
-        if len(pivots) < MIN_PIVOTS:
-            raise InputError(where, "pivots", f"only {len(pivots)} pivots remain from {len(s.x)} and {len(t.x)} sampled "
-                             f"cells ({MIN_PIVOTS} needed)", "sample more cells (n_cells) or drop fewer pivots (drop)")
-        fit, train, heldout = _fit_round(s, t, pivots, cfg, rng)
-        chosen = np.flatnonzero(heldout >= cfg.min_correlation)
-        history.append(LearnRound(it, matched_on, len(matched), len(pivots), fit.correlations.round(4).tolist(),
-                                  heldout.round(4).tolist(), chosen.tolist()))
-        use = chosen if len(chosen) else np.arange(1)
-        shared = fit.transform_x(s.reduced)[:, use], fit.transform_y(t.reduced)[:, use]
-        matched_on = "cca"
-    if not len(chosen):
+        res = _rounds(s, t, (s.reduced[pivots.source], t.reduced[pivots.target]), initial, len(matched), graphs,
+                      cfg, rng, (s_name, t_name))
+        res.quality = _quality(res, qs, qt, geometry)
+    else:
+        initial = "transport" if linked is None else "fused transport"
+        res, candidates = _transport_fits(s, t, linked, graphs, qs, qt, geometry, cfg, rng, (s_name, t_name),
+                                          progress)
+    if not len(res.chosen):
         raise InputError(where, "canonical pairs", f"no canonical pair holds up on the held-out pivots (best held-out "
-                         f"correlation {heldout.max():.2f} < min_correlation {cfg.min_correlation})",
+                         f"correlation {res.heldout.max():.2f} < min_correlation {cfg.min_correlation})",
                          "give more shared markers, or lower min_correlation")
-    return _result(s, t, fit, train, chosen, heldout, history, initial, features, (s_name, t_name), cfg)
+    out = _result(s, t, res, initial, features, (s_name, t_name), cfg, candidates)
+    if not out.reliable:
+        msg = (f"{where}: the learned alignment is unreliable: alignments from two independent samples of cells "
+               f"disagree (agreement {out.agreement:.3f} < min_agreement {cfg.min_agreement}), so the data do not "
+               "determine it and cell types may be swapped. Give a few shared markers (a links table), sample more "
+               "cells (n_cells, ot_cells) or check the inputs")
+        warnings.warn(msg, UnreliableAlignmentWarning, stacklevel=2)
+        log.warning(msg)
+    return out
 
 
-def _result(s: _Sample, t: _Sample, fit: CCAFit, train: Pivots, chosen: np.ndarray, heldout: np.ndarray,
-            history: list[LearnRound], initial: str, features: tuple[list[str], list[str]], names: tuple[str, str],
-            cfg: LearnSettings) -> LearnedLinks:
+def _result(s: _Sample, t: _Sample, res: _Fit, initial: str, features: tuple[list[str], list[str]],
+            names: tuple[str, str], cfg: LearnSettings, candidates: list[Candidate]) -> LearnedLinks:
     """Fold the chosen canonical directions through each PCA into projections of the input features."""
+    fit, chosen = res.fit, res.chosen
     maps = []
     for sample, weights, mean in ((s, fit.x_weights, fit.x_mean), (t, fit.y_weights, fit.y_mean)):
         red = sample.reduction
@@ -458,8 +681,8 @@ def _result(s: _Sample, t: _Sample, fit: CCAFit, train: Pivots, chosen: np.ndarr
         maps.append((red.components.T @ w, -(red.mean @ red.components.T + mean) @ w))
     projection = LinkProjection(maps[0][0].astype(np.float32), maps[1][0].astype(np.float32),
                                 maps[0][1].astype(np.float32), maps[1][1].astype(np.float32))
-    u = fit.transform_x(s.reduced[train.source])[:, chosen]
-    v = fit.transform_y(t.reduced[train.target])[:, chosen]
+    u = fit.transform_x(s.reduced)[:, chosen]
+    v = fit.transform_y(t.reduced)[:, chosen]
     return LearnedLinks(names[0], names[1], list(features[0]), list(features[1]), projection, chosen,
-                        fit.correlations[chosen], heldout[chosen], _loadings(s.x[train.source], u),
-                        _loadings(t.x[train.target], v), history, initial, cfg)
+                        fit.correlations[chosen], res.heldout[chosen], _loadings(s.x, u), _loadings(t.x, v),
+                        res.history, initial, cfg, float(res.quality), float(res.agreement), candidates)
