@@ -24,7 +24,6 @@ Pieces:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -309,9 +308,3 @@ def feature_cost(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
     m = cdist(fa, fb, "sqeuclidean")
     top = float(m.max())
     return m / top if top > 0 else m
-
-
-def sample_sizes(n_cells: int, wanted: int) -> tuple[int, int]:
-    """Cells per modality for the transport sample and for the held-out quality sample, from ``n_cells``."""
-    n = min(wanted, n_cells // 2)
-    return n, min(n, n_cells - n, max(50, math.ceil(n / 2)))
