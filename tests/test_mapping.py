@@ -256,6 +256,10 @@ def _map_unseen_batch(root, ref, query, steps, query_steps, config):
     labels = model.query_labels["rna"]
     recorded = json.loads((root / "query" / "mapping.json").read_text())
     assert recorded["adaptation"]["new_batches"] == ["batch2"] and recorded["modalities"]["rna"]["features_present"] == 1.0
+    again = SCMRDR.from_run(root / "ref")  # the saved parameters embed the batch's cells again, identically
+    again.load_query_state(root / "query")
+    mapped_again = again.map_query({"rna": query}, root / "query_again", batch_key="batch", max_steps=0, progress=False)
+    np.testing.assert_array_equal(read_embedding(mapped_again["rna"]), read_embedding(paths["rna"]))
     return float((labels["predicted"] == labels["true"]).mean())
 
 

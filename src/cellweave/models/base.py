@@ -353,6 +353,10 @@ class IntegrationModel(ABC):
         batches, everything else frozen); returns a summary. Without batch covariates: nothing."""
         return {}
 
+    def save_query_state(self, out_dir: str | os.PathLike) -> Path | None:
+        """Write what :meth:`adapt_to_query` fitted into a mapping's output directory (nothing here)."""
+        return None
+
     def map_query(self, queries: Mapping[str, StoreLike], out_dir: str | os.PathLike, batch_key: str | None = None,
                   label_key: str | None = None, min_overlap: float = MIN_OVERLAP, max_steps: int = 500, k: int = 30,
                   overwrite: bool = True, progress: bool = True) -> dict[str, Path]:

@@ -9,7 +9,8 @@ are transferred to the query cells by a kNN vote in the latent space, with the s
 
 Outputs under ``OUT``: ``embeddings/<modality>.zarr`` (AnnData Zarr, ``obsm['X_cellweave']``, as ``fit`` writes
 them), ``labels/<modality>.tsv`` (``cell, predicted, confidence[, true]``) and ``mapping.json`` (the run, each
-query input, the share of the model's features it had, the new batches fitted).
+query input, the share of the model's features it had, the new batches fitted) and, for new batches, their
+parameters (scMRDR: ``query_batches.pt``, read back by ``load_query_state``).
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def map_query(model: IntegrationModel, queries: Mapping[str, StoreLike], out_dir
                                      records[m].model_features)].mean()),
                                  "soma_obsm_key": model.soma_keys.get(m)} for m, spec in queries.items()}}
     out_dir.mkdir(parents=True, exist_ok=True)
+    saved = model.save_query_state(out_dir)
+    record["adaptation"] = dict(record["adaptation"]) | ({"parameters": saved.name} if saved is not None else {})
     atomic_write_bytes(out_dir / MAPPING, json.dumps(record, indent=1).encode())
     model.query_labels = {}
     for m, path in reference.items():

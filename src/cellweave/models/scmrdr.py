@@ -16,6 +16,7 @@ panel (the paper's tri-modal setting). Each modality is reconstructed only on th
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -48,6 +49,8 @@ from .union_space import (
 )
 
 TRANSFER_METHODS = ("knn", "ot")
+#: The new batches' parameters of a query mapping, in its output directory.
+QUERY_BATCHES = "query_batches.pt"
 #: Consecutive cells held out together by :func:`validation_split`.
 VAL_RUN = 16
 
@@ -335,13 +338,17 @@ class SCMRDR(IntegrationModel):
         (:mod:`cellweave.models.scmrdr_query`). Without a batch covariate (or new batches): nothing to fit."""
         if batch_key is None or not self.batch_categories:
             return {}
-        seen = set(self.batch_categories)
+        fitted = [] if self.query_batches is None else list(self.query_batches.categories)
+        seen = set(self.batch_categories) | set(fitted)
         new = sorted({str(v) for s in stores.values() for v in s.require_obs_key(batch_key).astype(str)} - seen)
         if not new:
-            return {"new_batches": []}
+            return {"new_batches": [], "fitted_before": fitted}
         module = self._require_module()
-        self.query_batches = None
-        query = QueryBatches(module, new)
+        query = QueryBatches(module, fitted + new)
+        if self.query_batches is not None:  # batches fitted by an earlier mapping keep their parameters as a start
+            with torch.no_grad():
+                for name, p in query.named_parameters():
+                    p[: len(fitted)] = getattr(self.query_batches, name)
         self.query_batches = query
         streams = {}
         for m, store in stores.items():
@@ -353,6 +360,27 @@ class SCMRDR(IntegrationModel):
         losses = fit_query_batches(module, query, streams, max_steps, self.device, progress=progress)
         return {"new_batches": new, "steps": len(losses), "first_loss": losses[0] if losses else None,
                 "last_loss": losses[-1] if losses else None}
+
+    def save_query_state(self, out_dir: str | os.PathLike) -> Path | None:
+        """Write the new batches' parameters to ``out_dir/query_batches.pt`` (none fitted: nothing)."""
+        if self.query_batches is None:
+            return None
+        from ..data.atomic import atomic_write_bytes
+
+        buf = io.BytesIO()
+        torch.save({"categories": list(self.query_batches.categories),
+                    "state": {k: v.detach().cpu() for k, v in self.query_batches.state_dict().items()}}, buf)
+        path = Path(out_dir) / QUERY_BATCHES
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    def load_query_state(self, out_dir: str | os.PathLike) -> None:
+        """Read back the new batches' parameters a mapping wrote (:meth:`save_query_state`), to embed more cells of
+        those batches (``serving``/``map_query`` with the same ``batch_key``) without fitting them again."""
+        payload = torch.load(Path(out_dir) / QUERY_BATCHES, map_location="cpu", weights_only=True)
+        query = QueryBatches(self._require_module(), payload["categories"])
+        query.load_state_dict(payload["state"])
+        self.query_batches = query.to(self.device).eval()
 
     def config_dict(self) -> dict[str, Any]:
         return {"method": self.method, "seed": self.seed, "inputs": dict(self.inputs), "kinds": self.kinds,
