@@ -1,4 +1,5 @@
-"""Open a modality store from a path: ``.zarr``, ``SOMA_DIR::MEASUREMENT`` or ``.h5ad`` (backed)."""
+"""Open a modality store from a path: ``.zarr``, ``SOMA_DIR::MEASUREMENT``, ``.h5ad`` or ``FILE.h5mu::MODALITY``
+(both backed)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ def open_modality(path: str | os.PathLike | StoreSpec | Mapping[str, Any], modal
     Parameters
     ----------
     path
-        A Zarr store in the AnnData layout (a directory), ``SOMA_EXPERIMENT::MEASUREMENT``, or a ``.h5ad`` file
-        (read in backed mode, row ranges at a time); or a :class:`~cellweave.data.spec.StoreSpec` (or its config
-        table) carrying the options below.
+        A Zarr store in the AnnData layout (a directory), ``SOMA_EXPERIMENT::MEASUREMENT``, a ``.h5ad`` file or
+        one modality of a ``.h5mu`` file, ``FILE.h5mu::MODALITY`` (both read in backed mode, row ranges at a time);
+        or a :class:`~cellweave.data.spec.StoreSpec` (or its config table) carrying the options below.
     modality
         Name to give the modality (default: the one recorded in the store, or the measurement / file name).
     layer, obs_filter, var_filter, feature_key
@@ -52,6 +53,8 @@ def open_modality(path: str | os.PathLike | StoreSpec | Mapping[str, Any], modal
 def _open(spec: StoreSpec, modality: str | None) -> ModalityStore:
     spec.check_applies()
     text = spec.path
+    if text.split("::", 1)[0].endswith(".h5mu"):
+        return _open_h5mu(text, modality)
     if spec.is_soma:
         from .soma_store import SomaStore
 
@@ -75,3 +78,18 @@ def _open(spec: StoreSpec, modality: str | None) -> ModalityStore:
         raise InputError(p, "path", "is a SOMA experiment but no measurement was named", f"pass {p}::MEASUREMENT (e.g. {p}::rna)")
     raise InputError(p, "format", "not a Zarr store, SOMA measurement or .h5ad file",
                      "convert it first: `cellweave convert INPUT OUT --format zarr`")
+
+
+def _open_h5mu(text: str, modality: str | None) -> ModalityStore:
+    """One modality of a ``.h5mu`` file, read backed: ``FILE.h5mu::MODALITY``."""
+    from .readers import H5adStore
+    from .readers.h5 import h5mu_sources
+
+    file, sep, name = text.partition("::")
+    if not Path(file).exists():
+        raise InputError(file, "path", "does not exist", "pass an existing .h5mu file")
+    if not sep or not name:
+        have = [s.modality for s in h5mu_sources(file)]
+        raise InputError(file, "modality", f"a .h5mu file holds several modalities ({', '.join(have)})",
+                         f"name one: {file}::{have[0]}")
+    return H5adStore(file, modality or name, group=name)

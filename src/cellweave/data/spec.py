@@ -63,8 +63,8 @@ class StoreSpec:
 
     @property
     def is_soma(self) -> bool:
-        """Whether the path names a SOMA measurement (``EXPERIMENT::MEASUREMENT``)."""
-        return "::" in self.path
+        """Whether the path names a SOMA measurement (``EXPERIMENT::MEASUREMENT``; ``FILE.h5mu::MODALITY`` is not)."""
+        return "::" in self.path and not self.path.split("::", 1)[0].endswith(".h5mu")
 
     @property
     def options(self) -> dict[str, str]:

@@ -1,5 +1,16 @@
 """What every cellweave model shares: inputs, a run directory, the Trainer, and streamed per-cell outputs.
 
+The user API is the same for every method, in the conventions of scvi-tools::
+
+    model = SCMODAL({"rna": adata_rna, "adt": adata_adt})   # or SCMODAL(mdata), paths, stores, tiledbsoma objects
+    model.fit(max_steps=10_000, run_dir="run", device="cuda")
+    z = model.get_latent_representation(modality="rna")     # numpy (n_cells, n_latent), in the cells' order
+    model.get_latent_representation(modality="rna", key_added="X_cellweave")  # also adata.obsm['X_cellweave']
+    paths = model.embed()                                   # out of core: RUN/embeddings/<modality>.zarr
+    model.history                                           # the loss log as a pandas DataFrame
+    model.save("model_dir")
+    model = SCMODAL.load("model_dir")                       # or SCMODAL.load("run") for a fit's run directory
+
 A model subclass says how to build its training module and its streams; this base checks the inputs
 (:func:`~cellweave.data.check.check_inputs`), runs training through the one :class:`~cellweave.train.Trainer`,
 writes ``RUN/config.toml`` and each modality's feature record (``RUN/features/``), and writes embeddings chunk by
@@ -22,28 +33,41 @@ import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import IterableDataset
 
 from ..data import CellBatch, CellStream, ModalityStore, Preprocess
 from ..data.align import MIN_OVERLAP, FeatureRecord, align_store
 from ..data.check import check_inputs, check_obs_keys, open_store
+from ..data.memory import AnnDataStore, as_store
 from ..data.embeddings import EmbeddingWriter, write_soma_obsm
-from ..data.spec import input_record
+from ..data.spec import StoreSpec, input_record
 from ..errors import InputError
 from ..train import Trainer, TrainingModule
 from ..train.checkpoint import load as load_checkpoint
 from ..train.distributed import on_rank_zero, rank
 from ..train.trainer import CHECKPOINT, TrainResult
-from .inputs import StoreLike, open_inputs
+from .inputs import StoreLike, expand_inputs, open_inputs
 from .run import CONFIG, FEATURES, read_feature_records, read_run_config, soma_obsm_key, write_config, write_feature_records
 
 EMBEDDING_KEY = "X_cellweave"
 EMBED_BATCH = 4096
+#: Weights file of a directory written by :meth:`IntegrationModel.save`.
+MODEL_FILE = "model.pt"
+#: Loss log of a saved model.
+HISTORY_FILE = "history.csv"
+#: Where :meth:`IntegrationModel.save` copies in-memory inputs (relative to the saved directory).
+SAVED_DATA = "data"
+#: The resolved feature links of a saved model or run (whatever form they were given in).
+LINKS_FILE = "links.tsv"
+#: What a run's config records for an in-memory input (no path to reopen).
+IN_MEMORY = "<in memory>"
 
 
 class IntegrationModel(ABC):
@@ -52,11 +76,14 @@ class IntegrationModel(ABC):
     Parameters
     ----------
     modalities
-        Modality name -> store, ``.zarr`` / ``.h5ad`` path, ``SOMA_DIR::MEASUREMENT`` or a
-        :class:`~cellweave.data.StoreSpec` (a SOMA measurement with its layer, obs/var filters and feature key;
-        recorded in the run's config so that resume and embed read the same cells). Every store is checked
-        first (one streamed pass, cached beside the data): a damaged chunk, NaN/Inf, negative or fractional
-        counts, empty cells of a counts modality or duplicate ids are refused with an ``InputError``.
+        Modality name -> data, or a ``MuData`` (its modalities by name). Data is a path (``.zarr``, ``.h5ad``,
+        ``FILE.h5mu::MODALITY``, ``SOMA_DIR::MEASUREMENT``), a :class:`~cellweave.data.StoreSpec` (a SOMA
+        measurement with its layer, obs/var filters and feature key, recorded in the run's config), a store, an
+        ``AnnData`` (in memory: streamed from its ``X`` without a copy; backed: from its file), or a tiledbsoma
+        ``Experiment`` / ``Measurement`` / ``ExperimentAxisQuery`` (see :func:`~cellweave.data.memory.as_store`).
+        Every store is checked first (one streamed pass, cached beside the data): a damaged chunk, NaN/Inf,
+        negative or fractional counts, empty cells of a counts modality or duplicate ids are refused with an
+        ``InputError``.
     seed
         One seed for everything (weights, stream order); the same seed gives the same embedding on CPU.
     """
@@ -65,16 +92,17 @@ class IntegrationModel(ABC):
     grad_clip: float | None = None
 
     def __init__(self, modalities: Mapping[str, StoreLike], seed: int = 0) -> None:
-        self.stores: dict[str, ModalityStore] = open_inputs(
-            {m: p if isinstance(p, ModalityStore) else open_store(p) for m, p in modalities.items()})
+        modalities = expand_inputs(modalities)
+        self.stores: dict[str, ModalityStore] = open_inputs(modalities)
         check_inputs(self.stores).raise_first()
-        self.inputs = {m: input_record(p) for m, p in modalities.items()}  # path, or table with the SOMA query
+        self.inputs = {m: _input_record(p, self.stores[m]) for m, p in modalities.items()}
         self.seed = seed
         self.module: TrainingModule | None = None
         self.run_dir: Path | None = None
         self.result: TrainResult | None = None
         self.device = torch.device("cpu")
         self.soma_keys: dict[str, str] = {}
+        self._history: list[dict[str, Any]] | None = None
 
     @classmethod
     def from_settings(cls, modalities: Mapping[str, StoreLike], settings: Mapping[str, Any]) -> IntegrationModel:
@@ -110,9 +138,10 @@ class IntegrationModel(ABC):
         device
             Where the weights go.
         modalities
-            Stores to read instead of the run's inputs (same modality names; their features are aligned to the
-            run's by name: permuted features give the same values, missing ones are filled, see
-            :func:`~cellweave.data.align.align_store`).
+            Data to read instead of the run's inputs (same modality names; paths, stores, AnnData, tiledbsoma
+            objects; their features are aligned to the run's by name: permuted features give the same values,
+            missing ones are filled, see :func:`~cellweave.data.align.align_store`). Needed for the modalities the
+            run was trained on in memory (:meth:`load` does the same for a directory written by :meth:`save`).
         min_overlap
             Least share of the model's features each store must have.
         """
@@ -123,7 +152,15 @@ class IntegrationModel(ABC):
         kinds = cfg.get("matrix_kinds", {})  # given with --kind when the run was fitted
         stores = {}
         for m, spec in inputs.items():
-            store = spec if isinstance(spec, ModalityStore) else open_store(spec, m, kinds.get(m))
+            if isinstance(spec, str) and spec == IN_MEMORY:
+                raise InputError(run_dir / CONFIG, f"inputs.{m}", "the model was trained on an in-memory object",
+                                 f"pass data={{{m!r}: ...}} (or save the model with .save(DIR), which keeps a copy)")
+            if isinstance(spec, ModalityStore):
+                store = spec
+            elif isinstance(spec, str | os.PathLike | StoreSpec | Mapping):
+                store = open_store(spec, m, kinds.get(m))
+            else:  # an object a notebook holds (AnnData, tiledbsoma ...)
+                store = as_store(spec, m)
             store.modality = m
             stores[m] = align_store(store, records[m], min_overlap)
         model = cls(stores, **cls.run_settings(cfg, run_dir))
@@ -217,6 +254,8 @@ class IntegrationModel(ABC):
         torch.manual_seed(self.seed)
         self.module = self.build_module()
         if self.run_dir is not None and rank() == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.save_extras(self.run_dir)  # the run directory is then loadable: Model.load(run_dir)
             soma = any(_is_soma(_unaligned(s)) for s in self.stores.values())
             given = {m: s.kind for m, s in self.stores.items() if s.kind_given}  # --kind: kept for resume
             write_config(self.run_dir, self.config_dict() | ({"matrix_kinds": given} if given else {}) | {"train": {"max_steps": max_steps, "device": str(device),
@@ -230,6 +269,7 @@ class IntegrationModel(ABC):
                           early_stopping_patience=early_stopping_patience, val_every=val_every)
         self.device = trainer.device
         self.result = trainer.fit(self.module, self.train_stream(), self.val_stream(), resume=resume)
+        self._history = list(self.result.history)
         return self.result
 
     def _check_recorded_features(self, records: Mapping[str, FeatureRecord]) -> None:
@@ -243,9 +283,11 @@ class IntegrationModel(ABC):
                                  "use `cellweave fit --resume`")
 
     def load_weights(self, run_dir: str | os.PathLike, device: str = "cpu") -> None:
-        """Load trained weights from ``run_dir/checkpoint.pt`` into a freshly built module."""
+        """Load trained weights into a freshly built module: ``model.pt`` of a directory written by :meth:`save`,
+        else the checkpoint of a run directory (``checkpoint.pt``)."""
         self.run_dir = Path(run_dir)
-        payload = load_checkpoint(self.run_dir / CHECKPOINT)
+        saved = self.run_dir / MODEL_FILE
+        payload = torch.load(saved, map_location="cpu", weights_only=True) if saved.exists() else load_checkpoint(self.run_dir / CHECKPOINT)
         torch.manual_seed(self.seed)
         self.module = self.build_module()
         self.module.load_state_dict(payload["model"])
@@ -253,8 +295,172 @@ class IntegrationModel(ABC):
 
     def _require_module(self) -> TrainingModule:
         if self.module is None:
-            raise InputError(type(self).__name__, "module", "the model is not trained", "call .fit(...) or .load_weights(RUN) first")
+            raise InputError(type(self).__name__, "module", "the model is not trained",
+                             f"call .fit(...) first, or {type(self).__name__}.load(DIR)")
         return self.module
+
+    # ---- the scvi-tools-style user API ----------------------------------------------------------------------
+    @property
+    def history(self) -> pd.DataFrame:
+        """The loss log (one row per logged step: ``step``, ``epoch``, the loss terms, ``val_`` terms, learning
+        rates), as in ``RUN/losses.csv``; empty before training."""
+        if self._history is None and self.run_dir is not None:
+            for name in (HISTORY_FILE, "losses.csv"):
+                if (self.run_dir / name).exists():
+                    self._history = pd.read_csv(self.run_dir / name).to_dict("records")
+                    break
+        return pd.DataFrame(self._history or [])
+
+    def _modality(self, name: str | None) -> str:
+        """``name`` checked against the model's modalities (``None``: the only one)."""
+        if name is None:
+            if len(self.stores) == 1:
+                return next(iter(self.stores))
+            raise InputError(type(self).__name__, "modality", f"the model has {len(self.stores)} modalities",
+                             f"pass modality= one of {list(self.stores)}")
+        if name not in self.stores:
+            raise InputError(type(self).__name__, "modality", f"unknown modality {name!r}", f"use one of {list(self.stores)}")
+        return name
+
+    @torch.no_grad()
+    def get_latent_representation(self, data: StoreLike | None = None, modality: str | None = None,
+                                  batch_size: int = EMBED_BATCH, key_added: str | None = None,
+                                  min_overlap: float = MIN_OVERLAP) -> np.ndarray:
+        """The latent representation of every cell of one modality, in memory.
+
+        Parameters
+        ----------
+        data
+            The cells: ``None`` for the modality's training input, or new cells of the same modality (an AnnData,
+            a path, a store, a tiledbsoma object). Their features are aligned by name to the model's
+            (:func:`~cellweave.data.align.align_store`: another order is fine, missing features are filled as
+            unmeasured with a warning); they need the obs columns the model uses (``batch_key``, with batches seen
+            in training). They are transformed as in training.
+        modality
+            Which modality (may be omitted for a one-modality model).
+        batch_size
+            Cells per forward pass.
+        key_added
+            Also store the array in ``obsm[key_added]`` of the AnnData the cells came from (an in-memory one;
+            e.g. ``"X_cellweave"``, the key :meth:`embed` writes). For data on disk use :meth:`embed`.
+        min_overlap
+            Least share of the model's features new cells must have.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_cells, n_latent)`` float32, rows in the cells' order.
+        """
+        m = self._modality(modality)
+        module = self._require_module()
+        store = self.stores[m] if data is None else self._query_store(m, data, min_overlap)
+        serving = contextlib.nullcontext() if data is None else self.serving(m, store, getattr(self, "batch_key", None))
+        out: np.ndarray | None = None
+        module.to(self.device).eval()
+        try:
+            with serving:
+                for b in self.iter_batches(m, batch_size):
+                    z = self.embed_batch(m, b)[EMBEDDING_KEY].float().cpu().numpy()
+                    if out is None:
+                        out = np.zeros((store.n_obs, z.shape[1]), dtype=np.float32)
+                    out[b.rows.cpu().numpy()] = z
+        finally:
+            module.train()
+        assert out is not None  # a store holds at least one cell (checked when opened)
+        if key_added is not None:
+            source = _unaligned(store)
+            if not isinstance(source, AnnDataStore):
+                raise InputError(source.path, f"obsm['{key_added}']", "not an in-memory AnnData",
+                                 "use .embed() to write embeddings of data on disk, or drop key_added")
+            source.adata.obsm[key_added] = out
+        return out
+
+    def _query_store(self, modality: str, data: StoreLike, min_overlap: float) -> ModalityStore:
+        """New cells of ``modality``: opened, checked, and aligned by name to the model's features."""
+        store = open_inputs({modality: data})[modality]
+        check_inputs({modality: store}).raise_first()
+        problems = check_obs_keys({modality: store}, self.obs_keys_used())
+        if problems:
+            raise problems[0]
+        return align_store(store, self.feature_records()[modality], min_overlap)
+
+    def save_extras(self, directory: Path) -> None:
+        """Hook: write what :meth:`load` / :meth:`from_run` need beyond the config, weights and feature records
+        (reductions, link tables ...); called for every run directory and by :meth:`save`."""
+
+    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Save the trained model so that :meth:`load` rebuilds it: config, weights, loss log, feature records,
+        what the method needs (reductions, link tables), and a Zarr copy of every in-memory input
+        (``data/<modality>.zarr``; inputs on disk are referenced by path, not copied). Written under a temporary
+        name and renamed.
+
+        Parameters
+        ----------
+        directory
+            Where to save (created).
+        overwrite
+            Replace an existing ``directory``.
+
+        Returns
+        -------
+        Path
+            ``directory``.
+        """
+        from ..data.atomic import atomic_output
+        from ..data.store import StoreSource
+        from ..data.write_zarr import write_zarr
+
+        module = self._require_module()
+        with atomic_output(directory, overwrite) as tmp:
+            tmp.mkdir(parents=True)
+            inputs = dict(self.inputs)
+            for m, store in self.stores.items():
+                if isinstance(_unaligned(store), AnnDataStore):
+                    write_zarr(StoreSource(_unaligned(store)), tmp / SAVED_DATA / f"{m}.zarr")
+                    inputs[m] = f"{SAVED_DATA}/{m}.zarr"
+            self.save_extras(tmp)
+            write_config(tmp, self.config_dict() | {"inputs": inputs})
+            write_feature_records(tmp, self.feature_records())
+            torch.save({"model": {k: v.detach().cpu() for k, v in module.state_dict().items()}}, tmp / MODEL_FILE)
+            pd.DataFrame(self._history or []).to_csv(tmp / HISTORY_FILE, index=False)
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, data: Mapping[str, StoreLike] | Any = None, device: str = "cpu",
+             min_overlap: float = MIN_OVERLAP) -> Any:
+        """A trained model from a directory written by :meth:`save`, or from the run directory of :meth:`fit`.
+
+        Parameters
+        ----------
+        directory
+            The saved model or run directory.
+        data
+            Inputs to use instead of the recorded ones (a mapping by modality name, or a MuData), aligned by name
+            to the recorded features: needed for the in-memory inputs of a run directory (:meth:`save` keeps a
+            copy of them; a run does not).
+        device
+            Where the weights go.
+        min_overlap
+            Least share of the model's features each input must have.
+
+        Raises
+        ------
+        InputError
+            When the directory was written by another method, or an in-memory input is neither saved nor given.
+        """
+        directory = Path(directory)
+        cfg = read_run_config(directory, cls.method)
+        given = expand_inputs(data) if data is not None else {}
+        unknown = sorted(set(given) - set(cfg["inputs"]))
+        if unknown:
+            raise InputError(directory, "inputs", f"modalities {unknown} are not the model's", f"use {list(cfg['inputs'])}")
+        inputs: dict[str, Any] = {}
+        for m, recorded in cfg["inputs"].items():
+            if m in given:
+                inputs[m] = given[m]
+            elif isinstance(recorded, str) and recorded != IN_MEMORY and not Path(recorded.split("::", 1)[0]).is_absolute():
+                inputs[m] = str(directory / recorded)
+        return cls.from_run(directory, device, modalities=inputs, min_overlap=min_overlap)
 
     # ---- inference ------------------------------------------------------------------------------------------
     def iter_batches(self, modality: str, batch_size: int = EMBED_BATCH, preprocess: Preprocess | None = None,
@@ -371,6 +577,14 @@ class IntegrationModel(ABC):
 def _unaligned(store: ModalityStore) -> ModalityStore:
     """The store under an alignment view (the store itself otherwise)."""
     return getattr(store, "base", store)
+
+
+def _input_record(given: Any, store: ModalityStore) -> str | dict[str, str]:
+    """What a run's config records for an input: its path or spec (:func:`~cellweave.data.spec.input_record`;
+    for an object read from a file, the store's), or :data:`IN_MEMORY`."""
+    if isinstance(_unaligned(store), AnnDataStore):
+        return IN_MEMORY
+    return input_record(given if isinstance(given, str | os.PathLike | StoreSpec | Mapping) else store)
 
 
 def _is_soma(store: ModalityStore) -> bool:

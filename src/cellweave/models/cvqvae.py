@@ -22,11 +22,10 @@ from ..data import CellBatch, CellStream, PairedStream, Preprocess, ZarrStore
 from ..reduce import Reduction, raw_features, reduced_store
 from ..reduce.cache import cached_reduced_store
 from ..train.distributed import on_rank_zero
-from ..train.trainer import TrainResult
 from .base import EMBED_BATCH, EMBEDDING_KEY, IntegrationModel
 from .cvqvae_module import CVQVAEModule, CVQVAEWeights
 from .config import config_from_dict
-from .inputs import KIND_BY_NAME, StoreLike
+from .inputs import StoreLike, modality_kind
 from .paired import (
     batch_categories,
     check_paired,
@@ -91,14 +90,15 @@ class CVQVAE(IntegrationModel):
     Parameters
     ----------
     modalities
-        Modality name -> store (``.zarr``, ``.h5ad``, ``SOMA_DIR::MEASUREMENT``); the same cell ids in every store.
+        Modality name -> data (AnnData, path, store, tiledbsoma object; see :class:`IntegrationModel`), or a
+        MuData; the same cell ids in every modality.
     config
         :class:`CVQVAEConfig` or a mapping of its fields.
     batch_key
         Obs column of batches, fed one-hot to every encoder and decoder (the same categories in every store).
     kinds
-        Modality kinds when the names do not say (``{"peaks_2": "atac"}``): ``atac`` modalities get LSI, the
-        others PCA.
+        Modality kinds (``{"peaks_2": "atac"}``): ``atac`` modalities get LSI, the others PCA; default: by name,
+        as documented in :mod:`cellweave.models.inputs`; another name without an entry is an error.
     seed
         The one seed.
     progress
@@ -119,7 +119,7 @@ class CVQVAE(IntegrationModel):
                  progress: bool = False, reductions: Mapping[str, Reduction | str | os.PathLike] | None = None) -> None:
         super().__init__(modalities, seed)
         self.config = config if isinstance(config, CVQVAEConfig) else CVQVAEConfig.from_dict(config or {})
-        self.kinds = {m: _kind(m, kinds) for m in self.stores}
+        self.kinds = {m: modality_kind(m, kinds) for m in self.stores}
         self.n_cells = check_paired(self.stores)
         self.progress = progress
         self.batch_key = batch_key
@@ -181,17 +181,11 @@ class CVQVAE(IntegrationModel):
                 "reductions": {m: {"method": r.method, "features": r.n_features, "components": r.n_components}
                                for m, r in self.reductions.items()}}
 
-    def fit(self, max_steps: int, run_dir: str | os.PathLike | None = None, **kwargs: Any) -> TrainResult:
-        """Train as :meth:`IntegrationModel.fit`; the input reductions are first copied into ``run_dir``."""
-        if run_dir is not None:
-            save_reductions(Path(run_dir), self.reductions)
-        return super().fit(max_steps, run_dir=run_dir, **kwargs)
+    def save_extras(self, directory: Path) -> None:
+        """The input reductions (``reductions/<modality>``): a run or saved model is self-contained."""
+        save_reductions(directory, self.reductions)
 
     @classmethod
     def run_settings(cls, cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
         """The run's settings and the input reductions it saved."""
         return super().run_settings(cfg, run_dir) | {"reductions": run_reductions(run_dir, list(cfg["inputs"]))}
-
-def _kind(name: str, kinds: Mapping[str, str] | None) -> str:
-    """The modality's kind when given or told by its name, else ``"other"`` (any kind but peaks gets a PCA)."""
-    return (kinds or {}).get(name) or KIND_BY_NAME.get(name.lower(), "other")

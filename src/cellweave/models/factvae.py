@@ -25,7 +25,6 @@ from ..data.atomic import atomic_write_bytes
 from ..data.embeddings import EmbeddingWriter
 from ..errors import InputError
 from ..reduce import ReducedPairedStream, Reduction
-from ..train.trainer import TrainResult
 from .base import EMBED_BATCH, EMBEDDING_KEY, IntegrationModel
 from .factvae_links import LatentMoments, latent_map, link_scores
 from .factvae_module import FactVAEModule, FactVAEWeights
@@ -105,7 +104,8 @@ class FactVAE(IntegrationModel):
     Parameters
     ----------
     modalities
-        Two stores, an RNA one and an ATAC one (kinds from the names or ``kinds``), with the same cell ids.
+        Two modalities, an RNA one and an ATAC one, with the same cell ids: data as for :class:`IntegrationModel`
+        (AnnData, paths, stores, tiledbsoma objects), or a MuData.
     links
         The gene-peak pairs: a TSV path or DataFrame with columns ``gene, peak[, prior]`` (rows are the candidates
         scored by :meth:`link_scores`; ``prior`` marks the known pairs, all rows when absent unless ``genes_bed``
@@ -113,7 +113,8 @@ class FactVAE(IntegrationModel):
     config
         :class:`FactVAEConfig` or a mapping of its fields.
     kinds
-        Modality kinds when the names do not say (``{"gex": "rna", "peaks": "atac"}``).
+        Modality kinds (``{"gex_lib1": "rna", "peaks_lib1": "atac"}``); default: by name, as documented in
+        :mod:`cellweave.models.inputs`; another name without an entry is an error.
     genes_bed
         Gene coordinates (BED6) for the window rule.
     seed
@@ -246,17 +247,13 @@ class FactVAE(IntegrationModel):
                 "pairs": {"candidates": len(self.pairs), "prior": len(self.prior_index)}}
 
     # ---- training and outputs ------------------------------------------------------------------------------
-    def fit(self, max_steps: int, run_dir: str | os.PathLike | None = None, **kwargs: Any) -> TrainResult:
-        """Train as :meth:`IntegrationModel.fit`; the gene-peak pairs (``RUN/gene_peak_pairs.tsv``), the modelled
-        features and the input reductions are first written into ``run_dir`` (the run is then self-contained)."""
-        if run_dir is not None:
-            run = Path(run_dir)
-            run.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(run / PAIRS, self.pairs.to_csv(sep="\t", index=False).encode())
-            for m, names in self.features.items():
-                atomic_write_bytes(run / f"features_{m}.txt", ("\n".join(names) + "\n").encode())
-            save_reductions(run, self.reductions)
-        return super().fit(max_steps, run_dir=run_dir, **kwargs)
+    def save_extras(self, directory: Path) -> None:
+        """The gene-peak pairs (``gene_peak_pairs.tsv``), the modelled features (``features_<modality>.txt``) and
+        the input reductions: a run or saved model is self-contained."""
+        atomic_write_bytes(directory / PAIRS, self.pairs.to_csv(sep="\t", index=False).encode())
+        for m, names in self.features.items():
+            atomic_write_bytes(directory / f"features_{m}.txt", ("\n".join(names) + "\n").encode())
+        save_reductions(directory, self.reductions)
 
     @torch.no_grad()
     def embed(self, out_dir: str | os.PathLike | None = None, modalities: Sequence[str] | None = None,
@@ -401,6 +398,7 @@ class FactVAE(IntegrationModel):
                 raise InputError(run_dir, f"features_{m}.txt", f"the {m!r} features of the run differ from the store's "
                                  "current selection", "rerun the fit on the current stores")
         return model
+
 
 def _roles(kinds: Mapping[str, str]) -> tuple[str, str]:
     """The RNA and the ATAC modality names."""

@@ -35,10 +35,11 @@ from ..links import (
     learn,
     read_links,
     require_links,
+    write_links,
 )
 from ..train.distributed import on_rank_zero
 from ..train.trainer import TrainResult
-from .base import EMBED_BATCH, EMBEDDING_KEY, IntegrationModel
+from .base import EMBED_BATCH, EMBEDDING_KEY, LINKS_FILE, IntegrationModel
 from .config import config_from_dict
 from .inputs import StoreLike, checked_stats, modality_kind
 from .scmodal_module import SCMODALModule, SCMODALWeights
@@ -146,8 +147,9 @@ class SCMODAL(IntegrationModel):
     Parameters
     ----------
     modalities
-        Modality name -> store or path (``.zarr``, ``.h5ad``, ``SOMA_DIR::MEASUREMENT``). More than two
-        modalities are aligned by chained discriminators in this order, with MNN anchors for every linked pair.
+        Modality name -> data (AnnData, path, store, tiledbsoma object; see :class:`IntegrationModel`), or a
+        MuData. More than two modalities are aligned by chained discriminators in this order, with MNN anchors for
+        every linked pair.
     links
         ``"auto"`` (protein panel names -> coding genes, peaks -> genes via ``genes_bed``, shared names), a TSV
         path (``source_modality, source_feature, target_modality, target_feature[, weight]``),
@@ -159,7 +161,8 @@ class SCMODAL(IntegrationModel):
     config
         :class:`SCMODALConfig` or a mapping of its fields.
     kinds
-        Modality kinds when the names do not say (``{"prot": "adt"}``).
+        Modality kinds (``{"prot": "adt"}``), used by ``links="auto"``; default: by name, as documented in
+        :mod:`cellweave.models.inputs` (``rna``, ``adt``, ``atac`` ...); another name without an entry is an error.
     genes_bed
         Gene coordinates for ATAC -> RNA links.
     label_key
@@ -260,6 +263,21 @@ class SCMODAL(IntegrationModel):
         self.learned = {lk.pair: lk for lk in (LearnedLinks.load(folder / LearnedLinks.file_name(s, t))
                                                for s, t in self.learn_pairs)}
         super().load_weights(run_dir, device)
+
+    def save_extras(self, directory: Path) -> None:
+        """The resolved links table (``links.tsv``) and the learned links (``learned_links/``)."""
+        if self.links:
+            write_links(directory / LINKS_FILE, list(self.links.values()))
+        for lk in self.learned.values():
+            lk.save(directory / LEARNED_DIR)
+
+    @classmethod
+    def run_settings(cls, cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+        """The run's settings, its links read back from the table it saved (learned ones: see :meth:`load_weights`)."""
+        out = super().run_settings(cfg, run_dir)
+        if (run_dir / LINKS_FILE).exists():
+            out["links"] = run_dir / LINKS_FILE
+        return out
 
     def _input_stream(self, modality: str) -> CellStream:
         """All cells of ``modality`` in store order, transformed as in training."""

@@ -31,9 +31,9 @@ from torch.utils.data import IterableDataset
 
 from ..data import CellBatch, ModalityStore, Preprocess, UnpairedStream
 from ..errors import InputError
-from ..links import FeatureLinks
+from ..links import FeatureLinks, write_links
 from ..train.trainer import TrainResult
-from .base import EMBED_BATCH, IntegrationModel
+from .base import EMBED_BATCH, LINKS_FILE, IntegrationModel
 from .config import config_from_dict
 from .inputs import StoreLike, checked_stats, modality_kind
 from .scmrdr_module import COUNT_LIKELIHOODS, LIKELIHOODS, SCMRDRModule
@@ -184,7 +184,8 @@ class SCMRDR(IntegrationModel):
     Parameters
     ----------
     modalities
-        Modality name -> store or path (``.zarr``, ``.h5ad``, ``SOMA_DIR::MEASUREMENT``); two or more omics.
+        Modality name -> data (AnnData, path, store, tiledbsoma object; see :class:`IntegrationModel`), or a
+        MuData; two or more omics.
     links
         ``"auto"`` (proteins -> coding genes by the antibody table, peaks -> genes via ``genes_bed``), a links TSV,
         or :class:`~cellweave.links.FeatureLinks`. Modalities whose features are genes need none.
@@ -192,7 +193,8 @@ class SCMRDR(IntegrationModel):
         :class:`SCMRDRConfig` or a mapping of its fields (ablations: ``beta=1``, ``lam=0``, ``gamma=0``,
         ``use_mask=False``).
     kinds
-        Modality kinds when the names do not say (``{"prot": "adt"}``).
+        Modality kinds (``{"prot": "adt"}``): gene-level kinds share the gene axis, the others are linked; default:
+        by name, as documented in :mod:`cellweave.models.inputs`; another name without an entry is an error.
     genes_bed
         Gene coordinates for ATAC gene activity.
     batch_key
@@ -382,6 +384,19 @@ class SCMRDR(IntegrationModel):
         query.load_state_dict(payload["state"])
         self.query_batches = query.to(self.device).eval()
 
+    def save_extras(self, directory: Path) -> None:
+        """The resolved links table (``links.tsv``)."""
+        if self.links:
+            write_links(directory / LINKS_FILE, list(self.links.values()))
+
+    @classmethod
+    def run_settings(cls, cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+        """The run's settings, its links read back from the table it saved."""
+        out = super().run_settings(cfg, run_dir)
+        if (run_dir / LINKS_FILE).exists():
+            out["links"] = run_dir / LINKS_FILE
+        return out
+
     def config_dict(self) -> dict[str, Any]:
         return {"method": self.method, "seed": self.seed, "inputs": dict(self.inputs), "kinds": self.kinds,
                 "links": str(self.links_spec) if self.links_spec is not None else "auto", "genes_bed": self.genes_bed,
@@ -398,11 +413,6 @@ class SCMRDR(IntegrationModel):
         return super().fit(max_steps, run_dir, **options)
 
     # ---- downstream -----------------------------------------------------------------------------------------
-    def _modality(self, name: str) -> str:
-        if name not in self.stores:
-            raise InputError(type(self).__name__, "modality", f"unknown modality {name!r}", f"use one of {list(self.stores)}")
-        return name
-
     @torch.no_grad()
     def impute(self, source: str, target: str, features: Sequence[str] | None = None, out: str | os.PathLike | None = None,
                overwrite: bool = True, target_batch: str | None = None, library_size: float = 1e4) -> Path:

@@ -349,7 +349,8 @@ def h5mu_sources(path: str | os.PathLike, kind: Kind | None = None) -> list[H5ad
 
 
 class H5adStore(ModalityStore):
-    """Read-only :class:`ModalityStore` over a backed ``.h5ad`` with a CSR or dense ``X``.
+    """Read-only :class:`ModalityStore` over a backed ``.h5ad`` (or one modality of a ``.h5mu``) with a CSR or
+    dense ``X``.
 
     The HDF5 file is opened lazily once per process, so the store can be used in DataLoader workers.
 
@@ -361,11 +362,22 @@ class H5adStore(ModalityStore):
         Modality name; defaults to the one recorded at conversion, else the file stem.
     kind
         ``"counts"`` or ``"normalized"``; defaults to the recorded kind, else inferred from the first values.
+    group
+        The MuData modality of a ``.h5mu`` file (its ``/mod/<group>``); ``None`` for a ``.h5ad``. The store's
+        ``path`` is then ``FILE.h5mu::<group>``.
     """
 
-    def __init__(self, path: str | os.PathLike, modality: str | None = None, kind: Kind | None = None) -> None:
-        self.path = str(path)
-        with open_h5(self.path) as f:
+    def __init__(self, path: str | os.PathLike, modality: str | None = None, kind: Kind | None = None,
+                 group: str | None = None) -> None:
+        self.file = str(path)
+        self.path = self.file if group is None else f"{self.file}::{group}"
+        self._group = "/" if group is None else f"/mod/{group}"
+        with open_h5(self.file) as root:
+            if group is not None and self._group not in root:
+                have = sorted(root["mod"].keys()) if "mod" in root else []
+                raise InputError(self.file, f"mod/{group}", f"no such modality (the file has: {', '.join(have) or 'none'})",
+                                 "pass FILE.h5mu::<one of those>")
+            f = root[self._group]
             if "X" not in f:
                 raise InputError(self.path, "X", "the file has no X", "store the matrix as X")
             m = H5Matrix(self.path, "X", f["X"])
@@ -379,7 +391,7 @@ class H5adStore(ModalityStore):
             meta = cellweave_meta(f)
             self.sparse = m.sparse
             self.n_obs = m.shape[0]
-            self.modality = modality or meta.get("modality") or Path(self.path).stem
+            self.modality = modality or group or meta.get("modality") or Path(self.file).stem
             self.kind = kind or meta.get("kind") or self._infer_kind(m)
         self._pid: int | None = None
 
@@ -400,7 +412,7 @@ class H5adStore(ModalityStore):
 
     def _matrix(self) -> H5Matrix:
         if self._pid != os.getpid():
-            self._file = open_h5(self.path)
+            self._file = open_h5(self.file)[self._group]
             self._X = H5Matrix(self.path, "X", self._file["X"])
             self._pid = os.getpid()
         return self._X
@@ -426,5 +438,6 @@ class H5adStore(ModalityStore):
 
     @property
     def stats_dir(self) -> Path:
-        p = Path(self.path)
-        return p.parent / (p.name + ".cellweave")
+        p = Path(self.file)
+        side = p.parent / (p.name + ".cellweave")
+        return side if self._group == "/" else side / self._group.rsplit("/", 1)[1]
