@@ -29,8 +29,10 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def cite():
-    """The real CITE-seq cells (200) as two in-memory AnnData objects: RNA counts and ADT counts."""
+    """The real CITE-seq cells (200) as two in-memory AnnData objects: RNA counts (genes detected in 20 or more
+    cells, to keep the tests fast) and ADT counts."""
     rna = ad.read_h5ad(require_shared(CITE_SEQ))
+    rna = rna[:, np.asarray((rna.X > 0).sum(0)).ravel() >= 20].copy()
     adt = ad.AnnData(X=sp.csr_matrix(np.asarray(rna.obsm["protein_expression"], dtype=np.float32)), obs=rna.obs[[]].copy(),
                      var=pd.DataFrame(index=[str(p) for p in rna.uns["protein_names"]]))
     rna = ad.AnnData(X=sp.csr_matrix(rna.X), obs=rna.obs.copy(), var=rna.var[[]].copy())
@@ -112,3 +114,58 @@ def test_modality_argument_and_untrained_model(cite):
         model.get_latent_representation(modality="atac")
     with pytest.raises(InputError, match="features are absent"):
         model.get_latent_representation(cite["rna"][:, :100].copy(), modality="rna")
+
+
+def _same_store(a, b):
+    rows = [(0, a.n_obs)]
+    assert a.n_obs == b.n_obs and list(a.var_names) == list(b.var_names) and a.kind == b.kind
+    assert list(a.obs_names(rows)) == list(b.obs_names(rows))
+    xa, xb = a.read_X(rows), b.read_X(rows)
+    np.testing.assert_array_equal(xa.toarray() if sp.issparse(xa) else xa, xb.toarray() if sp.issparse(xb) else xb)
+
+
+def test_every_form_of_an_input_reads_the_same_cells(cite, tmp_path):
+    """In memory, backed h5ad, FILE.h5mu::MODALITY, SOMA path, tiledbsoma Experiment / Measurement / query."""
+    import tiledbsoma
+
+    from cellweave.data.convert import convert
+    from cellweave.data.memory import AnnDataStore, as_store
+
+    adt = cite["adt"]
+    reference = as_store(adt, "adt")
+    assert isinstance(reference, AnnDataStore) and reference.X is adt.X  # no copy of X
+    adt.write_h5ad(tmp_path / "adt.h5ad")
+    md.MuData(dict(cite)).write_h5mu(tmp_path / "cite.h5mu")
+    convert(tmp_path / "cite.h5mu", tmp_path / "cite.soma", fmt="soma", progress=False)
+    forms = {"backed": ad.read_h5ad(tmp_path / "adt.h5ad", backed="r"), "h5mu": f"{tmp_path / 'cite.h5mu'}::adt",
+             "soma path": f"{tmp_path / 'cite.soma'}::adt"}
+    for name, form in forms.items():
+        _same_store(reference, as_store(form, "adt"))
+    with tiledbsoma.Experiment.open(str(tmp_path / "cite.soma")) as exp:
+        _same_store(reference, as_store(exp, "adt"))  # the measurement named like the modality
+        _same_store(reference, as_store(exp.ms["adt"], "protein"))
+        _same_store(reference, as_store(exp.axis_query("adt"), "adt"))
+        with pytest.raises(InputError, match="which measurement is modality 'prot'"):
+            as_store(exp, "prot")
+    with pytest.raises(InputError, match="holds several modalities.*cite.h5mu::rna"):
+        as_store(str(tmp_path / "cite.h5mu"), "x")
+    with pytest.raises(InputError, match="no such modality"):
+        as_store(f"{tmp_path / 'cite.h5mu'}::atac", "atac")
+    with pytest.raises(InputError, match="pass the MuData itself"):
+        as_store(md.MuData(dict(cite)), "rna")
+
+
+def test_h5mu_path_model_equals_the_in_memory_one_and_the_cli_takes_the_file(cite, tmp_path):
+    from cellweave.cli import main
+
+    md.MuData(dict(cite)).write_h5mu(tmp_path / "cite.h5mu")
+    h5mu = str(tmp_path / "cite.h5mu")
+    memory = SCMODAL(cite, config=CONFIGS[SCMODAL], seed=0)
+    memory.fit(max_steps=5, device="cpu", progress=False)
+    on_disk = SCMODAL({"rna": f"{h5mu}::rna", "adt": f"{h5mu}::adt"}, config=CONFIGS[SCMODAL], seed=0)
+    on_disk.fit(max_steps=5, device="cpu", progress=False, run_dir=tmp_path / "api")
+    np.testing.assert_array_equal(on_disk.get_latent_representation(modality="adt"),
+                                  memory.get_latent_representation(modality="adt"))
+    assert SCMODAL.load(tmp_path / "api").inputs == {m: f"{h5mu}::{m}" for m in ("rna", "adt")}
+    assert main(["fit", "--modality", h5mu, "--max-steps", "5", "--device", "cpu", "--out", str(tmp_path / "cli"), "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "cli" / "embeddings").iterdir()) == ["adt.zarr", "rna.zarr"]

@@ -32,15 +32,27 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 
 
 def _parse_modalities(items: Sequence[str]) -> dict[str, str]:
+    """``NAME=PATH`` items (``PATH``: a store, ``FILE.h5mu::MODALITY``, ``SOMA_DIR::MEASUREMENT``); a bare ``FILE.h5mu``
+    stands for all its modalities, each under its own name."""
     out: dict[str, str] = {}
     for item in items:
         name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise InputError("--modality", item, "expected NAME=PATH", "write e.g. --modality rna=rna.zarr --modality adt=atlas.soma::adt")
-        check_modality_name(name, f"--modality {item}")
-        if name in out:
-            raise InputError("--modality", name, "given twice", "name each modality once")
-        out[name] = path
+        if not sep and item.endswith(".h5mu"):
+            from .data.readers.h5 import h5mu_sources
+
+            pairs = [(s.modality, f"{item}::{s.modality}") for s in h5mu_sources(item)] if os.path.exists(item) else []
+            if not pairs:
+                raise InputError(item, "path", "does not exist", "pass an existing .h5mu file")
+        elif not sep or not name or not path:
+            raise InputError("--modality", item, "expected NAME=PATH (or FILE.h5mu: all its modalities)",
+                             "write e.g. --modality rna=rna.zarr --modality adt=data.h5mu::adt")
+        else:
+            check_modality_name(name, f"--modality {item}")
+            pairs = [(name, path)]
+        for name, path in pairs:
+            if name in out:
+                raise InputError("--modality", name, "given twice", "name each modality once")
+            out[name] = path
     return out
 
 
@@ -321,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     f.add_argument("--method", choices=sorted(METHODS), help="default: scmodal (with --resume: the run's method)")
     f.add_argument("--modality", action="append", metavar="NAME=PATH",
-                   help="a modality: .h5ad, .zarr or SOMA_DIR::MEASUREMENT (repeat per modality)")
+                   help="a modality: .h5ad, .zarr, FILE.h5mu::MODALITY or SOMA_DIR::MEASUREMENT (repeat per modality); "
+                        "a bare FILE.h5mu gives all its modalities by name")
     f.add_argument("--links", help="'auto' (default), 'learn' (no table: CCA links learned from cells matched on the "
                    "modalities' cluster geometry) or a TSV: source_modality, source_feature, target_modality, target_feature")
     f.add_argument("--links-augment", choices=["learn"],
@@ -363,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check stores before fitting: damaged chunks, NaN/Inf, counts, empty cells, ids, "
                        "obs keys, links (one streamed pass each)")
-    v.add_argument("path", nargs="+", metavar="[NAME=]PATH", help=".zarr, .h5ad or SOMA_DIR::MEASUREMENT")
+    v.add_argument("path", nargs="+", metavar="[NAME=]PATH", help=".zarr, .h5ad, FILE.h5mu::MODALITY or SOMA_DIR::MEASUREMENT")
     v.add_argument("--batch-key", help="obs column every modality must have")
     v.add_argument("--label-key", help="obs column every modality must have")
     v.add_argument("--links", help="links TSV whose modality pairs must match features of both stores")
@@ -386,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_simulate)
 
     t = sub.add_parser("stats", help="compute preprocessing statistics (one chunked pass) and store them beside the data")
-    t.add_argument("path", help=".zarr, .h5ad or SOMA_DIR::MEASUREMENT")
+    t.add_argument("path", help=".zarr, .h5ad, FILE.h5mu::MODALITY or SOMA_DIR::MEASUREMENT")
     t.add_argument("--target-sum", type=float, default=1e4)
     t.add_argument("--n-top", type=int, default=2000, help="how many highly variable features to print")
     add_store_arguments(t)

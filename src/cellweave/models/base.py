@@ -35,7 +35,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,9 @@ from ..train.distributed import on_rank_zero, rank
 from ..train.trainer import CHECKPOINT, TrainResult
 from .inputs import StoreLike, expand_inputs, open_inputs
 from .run import CONFIG, FEATURES, read_feature_records, read_run_config, soma_obsm_key, write_config, write_feature_records
+
+if TYPE_CHECKING:
+    from mudata import MuData
 
 EMBEDDING_KEY = "X_cellweave"
 EMBED_BATCH = 4096
@@ -91,7 +94,7 @@ class IntegrationModel(ABC):
     method: str = ""
     grad_clip: float | None = None
 
-    def __init__(self, modalities: Mapping[str, StoreLike], seed: int = 0) -> None:
+    def __init__(self, modalities: Mapping[str, StoreLike] | MuData, seed: int = 0) -> None:
         modalities = expand_inputs(modalities)
         self.stores: dict[str, ModalityStore] = open_inputs(modalities)
         check_inputs(self.stores).raise_first()
@@ -426,8 +429,8 @@ class IntegrationModel(ABC):
         return Path(directory)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, data: Mapping[str, StoreLike] | Any = None, device: str = "cpu",
-             min_overlap: float = MIN_OVERLAP) -> Any:
+    def load(cls, directory: str | os.PathLike, data: Mapping[str, StoreLike] | MuData | None = None,
+             device: str = "cpu", min_overlap: float = MIN_OVERLAP) -> Any:
         """A trained model from a directory written by :meth:`save`, or from the run directory of :meth:`fit`.
 
         Parameters

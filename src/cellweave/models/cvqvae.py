@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import IterableDataset
@@ -35,6 +35,9 @@ from .paired import (
     run_reductions,
     save_reductions,
 )
+
+if TYPE_CHECKING:
+    from mudata import MuData
 
 CODE_KEY = "cvqvae_code"
 #: The stream transform of reduced cells: their values as cached.
@@ -114,7 +117,7 @@ class CVQVAE(IntegrationModel):
 
     method = "cvqvae"
 
-    def __init__(self, modalities: Mapping[str, StoreLike], config: CVQVAEConfig | Mapping[str, Any] | None = None,
+    def __init__(self, modalities: Mapping[str, StoreLike] | MuData, config: CVQVAEConfig | Mapping[str, Any] | None = None,
                  batch_key: str | None = None, kinds: Mapping[str, str] | None = None, seed: int = 0,
                  progress: bool = False, reductions: Mapping[str, Reduction | str | os.PathLike] | None = None) -> None:
         super().__init__(modalities, seed)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ from .factvae_pairs import index_pairs, read_pair_table, window_pairs
 from .config import config_from_dict
 from .inputs import StoreLike, checked_stats, modality_kind
 from .paired import check_paired, fitted_reductions, lsi_settings, pca_settings, run_reductions, save_reductions
+
+if TYPE_CHECKING:
+    from mudata import MuData
 
 PAIRS = "gene_peak_pairs.tsv"
 JOINT = "joint.zarr"
@@ -134,7 +137,7 @@ class FactVAE(IntegrationModel):
 
     method = "factvae"
 
-    def __init__(self, modalities: Mapping[str, StoreLike], links: str | os.PathLike | pd.DataFrame | None = "auto",
+    def __init__(self, modalities: Mapping[str, StoreLike] | MuData, links: str | os.PathLike | pd.DataFrame | None = "auto",
                  config: FactVAEConfig | Mapping[str, Any] | None = None, kinds: Mapping[str, str] | None = None,
                  genes_bed: str | os.PathLike | None = None, seed: int = 0, progress: bool = False,
                  reductions: Mapping[str, Reduction | str | os.PathLike] | None = None) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,9 @@ from .base import EMBED_BATCH, EMBEDDING_KEY, LINKS_FILE, IntegrationModel
 from .config import config_from_dict
 from .inputs import StoreLike, checked_stats, modality_kind
 from .scmodal_module import SCMODALModule, SCMODALWeights
+
+if TYPE_CHECKING:
+    from mudata import MuData
 
 #: Where a run keeps its learned links (one ``<source>__<target>.npz`` and ``.json`` per modality pair).
 LEARNED_DIR = "learned_links"
@@ -176,7 +179,7 @@ class SCMODAL(IntegrationModel):
     method = "scmodal"
     grad_clip = 5.0  # the authors clip the encoders'/decoders' gradient norm at 5
 
-    def __init__(self, modalities: Mapping[str, StoreLike], links: str | os.PathLike | Sequence[FeatureLinks] | None = "auto",
+    def __init__(self, modalities: Mapping[str, StoreLike] | MuData, links: str | os.PathLike | Sequence[FeatureLinks] | None = "auto",
                  config: SCMODALConfig | Mapping[str, Any] | None = None, kinds: Mapping[str, str] | None = None,
                  genes_bed: str | os.PathLike | None = None, label_key: str | None = None, seed: int = 0,
                  progress: bool = False, links_augment: str | None = None) -> None:

@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,9 @@ from .union_space import (
     build_union_space,
     resolve_union_links,
 )
+
+if TYPE_CHECKING:
+    from mudata import MuData
 
 TRANSFER_METHODS = ("knn", "ot")
 #: The new batches' parameters of a query mapping, in its output directory.
@@ -216,7 +219,7 @@ class SCMRDR(IntegrationModel):
     method = "scmrdr"
     grad_clip = 1.0  # the authors clip the gradient norm at 1
 
-    def __init__(self, modalities: Mapping[str, StoreLike], links: str | os.PathLike | Sequence[FeatureLinks] | None = "auto",
+    def __init__(self, modalities: Mapping[str, StoreLike] | MuData, links: str | os.PathLike | Sequence[FeatureLinks] | None = "auto",
                  config: SCMRDRConfig | Mapping[str, Any] | None = None, kinds: Mapping[str, str] | None = None,
                  genes_bed: str | os.PathLike | None = None, batch_key: str | None = None, label_key: str | None = None,
                  seed: int = 0, progress: bool = False) -> None:
