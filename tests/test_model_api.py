@@ -130,6 +130,7 @@ def test_every_form_of_an_input_reads_the_same_cells(cite, tmp_path):
 
     from cellweave.data.convert import convert
     from cellweave.data.memory import AnnDataStore, as_store
+    from cellweave.models.inputs import open_inputs
 
     adt = cite["adt"]
     reference = as_store(adt, "adt")
@@ -147,6 +148,9 @@ def test_every_form_of_an_input_reads_the_same_cells(cite, tmp_path):
         _same_store(reference, as_store(exp.axis_query("adt"), "adt"))
         with pytest.raises(InputError, match="which measurement is modality 'prot'"):
             as_store(exp, "prot")
+        stores = open_inputs(exp)  # a whole experiment: its measurements by name
+        assert list(stores) == ["adt", "rna"]
+        _same_store(reference, stores["adt"])
     with pytest.raises(InputError, match="holds several modalities.*cite.h5mu::rna"):
         as_store(str(tmp_path / "cite.h5mu"), "x")
     with pytest.raises(InputError, match="no such modality"):

@@ -169,18 +169,18 @@ def as_store(obj: Any, modality: str | None = None) -> ModalityStore:
         return obj
     from .spec import StoreSpec
 
-    if isinstance(obj, str | os.PathLike | StoreSpec | Mapping):  # a path, a spec or its config table
-        from .check import open_store
-
-        return open_store(obj, modality)
     kind = type(obj).__module__.split(".")[0] + "." + type(obj).__name__
     if kind == "anndata.AnnData" or _is_anndata(obj):
         return _anndata_store(obj, modality or "X")
-    if kind.startswith("tiledbsoma.") or kind.startswith("somacore."):
+    if kind.startswith("tiledbsoma.") or kind.startswith("somacore."):  # before Mapping: an Experiment is one
         return _soma_store(obj, modality)
     if kind == "mudata.MuData":
         raise InputError(f"modality {modality!r}", "MuData", "a MuData holds several modalities",
                          "pass the MuData itself as the model's input (each modality by its name), or mdata.mod['rna']")
+    if isinstance(obj, str | os.PathLike | StoreSpec | Mapping):  # a path, a spec or its config table
+        from .check import open_store
+
+        return open_store(obj, modality)
     raise InputError(f"modality {modality!r}", type(obj).__name__, "not a store, path, AnnData or tiledbsoma object",
                      "pass a .zarr/.h5ad path, an AnnData, a MuData or a tiledbsoma Experiment/Measurement/query")
 

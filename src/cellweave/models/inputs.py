@@ -1,7 +1,8 @@
 """What every model is given: named modality stores, checked before any training starts.
 
 Inputs are whatever a notebook or a pipeline holds (see :func:`~cellweave.data.memory.as_store`): paths, stores,
-in-memory or backed ``AnnData``, tiledbsoma objects, or one ``MuData`` whose modalities are taken by name.
+in-memory or backed ``AnnData``, tiledbsoma objects, or one ``MuData`` (or ``tiledbsoma.Experiment``) whose
+modalities (measurements) are taken by name.
 
 Modality kinds
 --------------
@@ -43,13 +44,16 @@ KINDS = frozenset(KIND_BY_NAME.values())
 
 
 def expand_inputs(modalities: Mapping[str, StoreLike] | Any) -> dict[str, StoreLike]:
-    """Modality name -> input: a mapping as it is, or a ``MuData`` as its modalities by name.
+    """Modality name -> input: a mapping as it is, a ``MuData`` as its modalities by name, or a
+    ``tiledbsoma.Experiment`` as its measurements by name.
 
     Raises
     ------
     InputError
         For anything else (a single AnnData or path: the model needs the modalities named).
     """
+    if type(modalities).__module__.startswith("tiledbsoma") and type(modalities).__name__ == "Experiment":
+        return {str(m): modalities.ms[m] for m in modalities.ms}
     if isinstance(modalities, Mapping):
         return dict(modalities)
     if type(modalities).__name__ == "MuData" and hasattr(modalities, "mod"):
