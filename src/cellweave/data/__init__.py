@@ -6,6 +6,7 @@ Importing it changes nothing in the process: the allocator setting of a streamin
 
 from .batch import CellBatch
 from .malloc import limit_malloc_arenas
+from .memory import AnnDataStore, as_store
 from .open import open_modality
 from .preprocess import FeatureStats, Preprocess, compute_stats, highly_variable_features, load_or_compute_stats
 from .source import ChunkSource, InMemorySource
@@ -16,7 +17,7 @@ from .write_zarr import write_zarr
 from .zarr_store import ZarrStore
 
 __all__ = [
-    "CellBatch", "CellChunk", "CellStream", "ChunkSource", "FeatureStats", "InMemorySource", "ModalityReader",
-    "ModalityStore", "PairedStream", "Preprocess", "StoreSpec", "UnpairedStream", "ZarrStore", "compute_stats",
+    "AnnDataStore", "CellBatch", "CellChunk", "CellStream", "ChunkSource", "FeatureStats", "InMemorySource", "ModalityReader",
+    "ModalityStore", "PairedStream", "Preprocess", "StoreSpec", "UnpairedStream", "ZarrStore", "as_store", "compute_stats",
     "highly_variable_features", "limit_malloc_arenas", "load_or_compute_stats", "make_loader", "open_modality", "read_rows", "write_zarr",
 ]
