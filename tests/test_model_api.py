@@ -74,8 +74,9 @@ def test_fit_latent_save_load_from_memory(model_cls, as_mudata, cite, multiome, 
     target = inputs.mod[m] if as_mudata else data[m]
     model.get_latent_representation(modality=m, key_added="X_cellweave")
     np.testing.assert_array_equal(target.obsm["X_cellweave"], z)
-    # new cells: the first 60, as a separate AnnData, embed as they did within the whole
-    part = data[m][:60].copy()
+    # new cells: the first 60, as a separate AnnData with its features in another order, embed as they did
+    # within the whole (features are aligned by name)
+    part = data[m][:60, ::-1].copy()
     np.testing.assert_allclose(model.get_latent_representation(part, modality=m), z[:60], rtol=1e-4, atol=1e-5)
 
     model.save(tmp_path / "saved")
@@ -112,7 +113,7 @@ def test_modality_argument_and_untrained_model(cite):
         model.get_latent_representation()
     with pytest.raises(InputError, match="unknown modality 'atac'"):
         model.get_latent_representation(modality="atac")
-    with pytest.raises(InputError, match="features are absent"):
+    with pytest.raises(InputError, match="at least 50% needed"):
         model.get_latent_representation(cite["rna"][:, :100].copy(), modality="rna")
 
 
@@ -170,6 +171,8 @@ def test_h5mu_path_model_equals_the_in_memory_one_and_the_cli_takes_the_file(cit
     on_disk.fit(max_steps=5, device="cpu", progress=False, run_dir=tmp_path / "api")
     np.testing.assert_array_equal(on_disk.get_latent_representation(modality="adt"),
                                   memory.get_latent_representation(modality="adt"))
+    with pytest.raises(InputError, match="not an in-memory AnnData"):
+        on_disk.get_latent_representation(modality="adt", key_added="X_cellweave")
     assert SCMODAL.load(tmp_path / "api").inputs == {m: f"{h5mu}::{m}" for m in ("rna", "adt")}
     assert main(["fit", "--modality", h5mu, "--max-steps", "5", "--device", "cpu", "--out", str(tmp_path / "cli"), "-q"]) == 0
     assert sorted(p.name for p in (tmp_path / "cli" / "embeddings").iterdir()) == ["adt.zarr", "rna.zarr"]
