@@ -20,12 +20,12 @@ refinement, on bounded memory:
    matches dropped, and CCA refitted, ``n_iter`` times.
 5. **Score and choose** (no labels, no pairs). Steps 2-4 run on two independent transport samples for every
    neighbourhood size ``ot_neighbors`` x entropic regularisation ``ot_epsilon``. Held-out cells of both
-   modalities are projected by either result and matched one to one; the *agreement* of the two results
+   modalities are projected by either result and matched one to one; the *quality*
+   (:func:`~cellweave.links.transport.alignment_quality`: does the matching keep both modalities' geodesic
+   distances?) picks the result, and the *agreement* of the two samples' results
    (:func:`~cellweave.links.transport.partner_agreement`: are a cell's partners under both close in the target
-   modality?) picks the candidate, and the *quality* (:func:`~cellweave.links.transport.alignment_quality`:
-   does the matching keep both modalities' geodesic distances?) picks the better of its two results. Below
-   ``min_agreement`` a warning (:class:`UnreliableAlignmentWarning`) says that the data do not determine the
-   alignment.
+   modality?) is reported. Below ``min_quality`` or ``min_agreement`` a warning
+   (:class:`UnreliableAlignmentWarning`) says that the alignment is unreliable.
 
 The chosen canonical directions, folded through the PCA, become one :class:`LinkProjection` of each modality's
 input features: the learned linked features a model uses to find anchors.
@@ -83,7 +83,7 @@ _SAMPLE_BATCH = 4096
 
 
 class UnreliableAlignmentWarning(UserWarning):
-    """Alignments learned from two independent samples of cells disagree (below ``min_agreement``)."""
+    """The learned alignment keeps little geometry (below ``min_quality``) or two samples disagree (``min_agreement``)."""
 
 
 @dataclass
@@ -128,9 +128,9 @@ class LearnSettings:
         Weight of the geometry (vs the linked features' distances) in fused transport, in [0, 1].
     quality_cells
         Held-out cells per modality that score the alignment.
-    min_agreement
-        Agreement between the alignments of two independent transport samples below which :func:`learn` warns
-        that the alignment is unreliable.
+    min_quality, min_agreement
+        Alignment quality, and agreement between the alignments of two independent transport samples, below
+        which :func:`learn` warns that the alignment is unreliable.
     """
 
     n_components: int = 20
@@ -150,7 +150,8 @@ class LearnSettings:
     ot_starts: int = 3
     fused_alpha: float = 0.5
     quality_cells: int = 400
-    min_agreement: float = 0.6
+    min_quality: float = 0.45
+    min_agreement: float = 0.2
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "learn settings") -> LearnSettings:
@@ -181,6 +182,7 @@ class LearnSettings:
                  ("ot_starts", self.ot_starts >= 1, ">= 1"),
                  ("fused_alpha", 0 <= self.fused_alpha <= 1, "in [0, 1]"),
                  ("quality_cells", self.quality_cells >= 10, ">= 10"),
+                 ("min_quality", -1 <= self.min_quality <= 1, "in [-1, 1]"),
                  ("min_agreement", -1 <= self.min_agreement <= 1, "in [-1, 1]")]
         for name, ok, want in rules:
             if not ok:
@@ -297,8 +299,9 @@ class LearnedLinks:
 
     @property
     def reliable(self) -> bool:
-        """False when transport samples disagree (agreement below ``settings.min_agreement``), else True."""
-        return not self.agreement < self.settings.min_agreement
+        """False when the alignment quality is below ``settings.min_quality`` or two transport samples disagree
+        (agreement below ``settings.min_agreement``)."""
+        return not (self.quality < self.settings.min_quality or self.agreement < self.settings.min_agreement)
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -310,7 +313,8 @@ class LearnedLinks:
         lines = [(f"learned links {self.source_modality} -> {self.target_modality}: {len(self.components)} canonical "
                   f"pairs chosen, first pivots from {self.initial}, alignment quality {self.quality:.3f}, "
                   f"agreement {self.agreement:.3f}"
-                  + ("" if self.reliable else f" (UNRELIABLE: agreement below {self.settings.min_agreement})"))]
+                  + ("" if self.reliable else f" (UNRELIABLE: quality below {self.settings.min_quality} or agreement "
+                                              f"below {self.settings.min_agreement})"))]
         for c in self.candidates:
             lines.append(f"  transport k={c.neighbors} epsilon={c.epsilon:g}: GW loss {c.gw_loss:.4g} "
                          f"({c.gw_iter} steps{'' if c.converged else ', not converged'}), quality {c.quality:.3f}, "
@@ -541,7 +545,7 @@ def _transport_fits(s: _Sample, t: _Sample, linked: tuple[np.ndarray, np.ndarray
                     cfg: LearnSettings, rng: np.random.Generator, names: tuple[str, str],
                     progress: bool) -> tuple[_Fit, list[Candidate]]:
     """Every candidate transport, on two independent samples, run through the rounds and scored; the fit of best
-    agreement between the two samples (then quality) and every candidate's scores."""
+    quality and every candidate's scores."""
     n_ot = min(cfg.ot_cells, len(s.x) // 2, len(t.x) // 2)
     first = [stratified_sample(x.reduced, n_ot, rng) for x in (s, t)]
     second = [stratified_sample(x.reduced, n_ot, rng, exclude=f) for x, f in zip((s, t), first)]
@@ -574,7 +578,7 @@ def _transport_fits(s: _Sample, t: _Sample, linked: tuple[np.ndarray, np.ndarray
             pick.agreement = agreement
             candidates.append(Candidate(k, float(eps), round(gw.loss, 6), gw.n_iter, gw.converged,
                                         round(pick.quality, 4), round(agreement, 4)))
-            if best is None or (agreement, pick.quality) > (best[0], best[1].quality):
+            if best is None or (pick.quality, agreement) > (best[1].quality, best[0]):
                 best = (agreement, pick)
             bar.update()
         del geo
@@ -661,10 +665,11 @@ def learn(source: CellStream, target: CellStream, links: FeatureLinks | None = N
                          "give more shared markers, or lower min_correlation")
     out = _result(s, t, res, initial, features, (s_name, t_name), cfg, candidates)
     if not out.reliable:
-        msg = (f"{where}: the learned alignment is unreliable: alignments from two independent samples of cells "
-               f"disagree (agreement {out.agreement:.3f} < min_agreement {cfg.min_agreement}), so the data do not "
-               "determine it and cell types may be swapped. Give a few shared markers (a links table), sample more "
-               "cells (n_cells, ot_cells) or check the inputs")
+        msg = (f"{where}: the learned alignment is unreliable (quality {out.quality:.3f}, min_quality "
+               f"{cfg.min_quality}: matched held-out cells keep little of the modalities' geometries; agreement of two "
+               f"independent samples {out.agreement:.3f}, min_agreement {cfg.min_agreement}); cell types may be "
+               "swapped. Give a few shared markers (a links table), sample more cells (n_cells, ot_cells) or check "
+               "the inputs")
         warnings.warn(msg, UnreliableAlignmentWarning, stacklevel=2)
         log.warning(msg)
     return out

@@ -213,7 +213,7 @@ def cluster_start(a: np.ndarray, b: np.ndarray, n_clusters: int, n_starts: int, 
 
     Each set is clustered (k-means on its features); the clusters' centroid distances (scaled to mean 1) are
     matched by exact Gromov-Wasserstein (POT's ``ot.gromov.gromov_wasserstein``, cluster sizes as marginals)
-    from the independent coupling and ``n_starts - 1`` random ones, keeping the lowest loss (small problems:
+    from the independent coupling and ``n_starts - 1`` random vertex couplings, keeping the lowest loss (small problems:
     a wide search is cheap). Cells inherit their clusters' coupling, spread evenly over the cells.
 
     Returns
@@ -234,7 +234,7 @@ def cluster_start(a: np.ndarray, b: np.ndarray, n_clusters: int, n_starts: int, 
     p, q = (np.bincount(lab, minlength=k) / len(lab) for lab in labels)
     best, plan = np.inf, np.outer(p, q)
     for start in range(n_starts):
-        g0 = np.outer(p, q) if start == 0 else ot.sinkhorn(p, q, rng.random((k, k)), 0.05)
+        g0 = np.outer(p, q) if start == 0 else ot.emd(p, q, rng.random((k, k)))  # exact marginals
         t, log = ot.gromov.gromov_wasserstein(geo[0], geo[1], p, q, "square_loss", G0=g0, log=True)
         if log["gw_dist"] < best:
             best, plan = float(log["gw_dist"]), t
