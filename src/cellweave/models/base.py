@@ -304,8 +304,8 @@ class IntegrationModel(ABC):
     # ---- the scvi-tools-style user API ----------------------------------------------------------------------
     @property
     def history(self) -> pd.DataFrame:
-        """The loss log (one row per logged step: ``step``, ``epoch``, the loss terms, ``val_`` terms, learning
-        rates), as in ``RUN/losses.csv``; empty before training."""
+        """The loss log as a DataFrame, one row per logged step (``step``, ``epoch``, the loss terms, ``val_`` terms,
+        learning rates), as in ``RUN/losses.csv``; empty before training."""
         if self._history is None and self.run_dir is not None:
             for name in (HISTORY_FILE, "losses.csv"):
                 if (self.run_dir / name).exists():
