@@ -319,6 +319,17 @@ def test_learned_links_recover_the_true_partners(atlas, truth, weak):
     assert len(table) > 0 and all(best[s] == t for s, t in zip(table["source_feature"], table["target_feature"]))
 
 
+def test_weak_links_fuse_into_the_transport(atlas, truth, weak):
+    """first_pivots="transport" with a weak table: fused GW (geometry + the 5 markers' distances) gives the pivots."""
+    adt, rna = _streams(atlas)
+    fused = learn(adt, rna, weak, settings=BLIND | {"first_pivots": "transport", "n_iter": 1}, seed=0)
+    print("\n" + fused.summary())
+    assert fused.initial == "fused transport" and fused.history[0].matched_on == "fused transport"
+    fos = _cca_foscttm(fused, _all_rows(adt), _all_rows(rna))
+    print(f"fused transport: canonical-space FOSCTTM {fos:.3f}")
+    assert fos < 0.3 or not fused.reliable
+
+
 def test_learned_links_round_trip_and_are_reproducible(atlas, weak, tmp_path):
     adt, rna = _streams(atlas)
     settings = {"n_cells": 600, "n_iter": 1}
