@@ -3,7 +3,8 @@
 Usage: ``python tests/fault_runner.py POINT N ARGS_JSON`` where POINT is
 
 * ``checkpoint``: the N-th checkpoint write dies after half of its bytes reached the temporary file;
-* ``embed``: the process dies right after the N-th block of embedding rows was written.
+* ``embed``: the process dies right after the N-th block of embedding rows was written;
+* ``after_checkpoint``: the process dies right after the N-th ``checkpoint.pt`` was written whole.
 
 The kill is a real ``SIGKILL`` of this process (no cleanup, no ``finally``); the code paths are patched only to
 choose the moment.
@@ -41,6 +42,22 @@ def kill_in_checkpoint_write(n: int) -> None:
     checkpoint.atomic_write_bytes = torn_write
 
 
+def kill_after_checkpoint(n: int) -> None:
+    from cellweave.train import checkpoint
+
+    save = checkpoint.save
+    calls = []
+
+    def save_then_die(path, payload) -> None:
+        save(path, payload)
+        if Path(path).name == "checkpoint.pt":
+            calls.append(path)
+            if len(calls) == n:
+                die()
+
+    checkpoint.save = save_then_die
+
+
 def kill_after_embedding_block(n: int) -> None:
     from cellweave.data.embeddings import EmbeddingWriter
 
@@ -59,7 +76,8 @@ def kill_after_embedding_block(n: int) -> None:
 if __name__ == "__main__":
     point, n, args = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
     torch.set_num_threads(1)
-    {"checkpoint": kill_in_checkpoint_write, "embed": kill_after_embedding_block}[point](n)
+    {"checkpoint": kill_in_checkpoint_write, "embed": kill_after_embedding_block,
+     "after_checkpoint": kill_after_checkpoint}[point](n)
     from cellweave.cli import main
 
     sys.exit(main(args))

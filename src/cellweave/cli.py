@@ -82,7 +82,8 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     source = str(config or "config")
     check_config(cfg, source)
     train = dict(cfg.get("train", {}))
-    for key in ("max_steps", "device", "num_workers", "checkpoint_every", "precision"):
+    for key in ("max_steps", "max_epochs", "device", "num_workers", "checkpoint_every", "checkpoint_minutes", "convergence",
+                "precision"):
         value = getattr(args, key)
         if value is not None:
             train[key] = value
@@ -131,10 +132,13 @@ def _cmd_fit(args: argparse.Namespace) -> None:
         for (s, t), (cols, _) in getattr(model, "link_matrices", {}).items():
             say(f"links {s} -> {t}: {len(cols)} linked features")
         t0 = time.perf_counter()
-        result = model.fit(int(train.get("max_steps", 10_000)), run_dir=args.out, device=train.get("device", "auto"),
+        result = model.fit(_steps(train.get("max_steps", "auto")), run_dir=args.out, device=train.get("device", "auto"),
                            precision=train.get("precision", "auto"), num_workers=int(train.get("num_workers", 0)),
-                           checkpoint_every=train.get("checkpoint_every"), resume=args.resume)
+                           checkpoint_every=train.get("checkpoint_every"), resume=args.resume,
+                           max_epochs=train.get("max_epochs"), checkpoint_minutes=_minutes(train.get("checkpoint_minutes", 10.0)),
+                           convergence=None if train.get("convergence", "auto") == "off" else "auto")
         dt = time.perf_counter() - t0
+        say(f"stopped at step {result.step} ({_WHY[result.stop_reason]})")
         for learned in getattr(model, "learned", {}).values():
             say(learned.summary())
         paths = model.embed()
@@ -176,6 +180,33 @@ def _cmd_map(args: argparse.Namespace) -> None:
         if "true" in table:
             line += f", accuracy {(table['predicted'] == table['true']).mean():.3f}"
         log.info(line + f"); {Path(args.out) / 'labels' / (m + '.tsv')}")
+
+
+_WHY = {"max_steps": "the step budget is spent", "converged": "converged: the smoothed training loss stopped improving",
+        "early_stopping": "early stopping: the validation loss stopped improving"}
+
+
+def _steps(value: str | int) -> str | int:
+    """``--max-steps``: ``auto`` or a step count."""
+    if isinstance(value, str) and value != "auto":
+        try:
+            return int(value)
+        except ValueError:
+            raise InputError("--max-steps", value, "not an integer or 'auto'", "pass e.g. --max-steps 5000 or --max-steps auto") from None
+    return value
+
+
+def _minutes(value: float | str) -> float | None:
+    """``--checkpoint-minutes``: minutes, or ``off`` (0 also turns time-based checkpoints off)."""
+    if value == "off":
+        return None
+    try:
+        minutes = float(value)
+    except (TypeError, ValueError):
+        raise InputError("--checkpoint-minutes", value, "not a number or 'off'", "pass e.g. --checkpoint-minutes 10") from None
+    if minutes < 0:
+        raise InputError("--checkpoint-minutes", value, "negative", "pass minutes > 0, or 'off'")
+    return minutes or None
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
@@ -343,11 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--kind", action="append", metavar="[NAME=]KIND", help=KIND_HELP)
     f.add_argument("--batch-key", help="obs column with the batch of each cell (models with batch covariates)")
     f.add_argument("--config", help="run.toml: [model], [model.weights], [train], [inputs], seed")
-    f.add_argument("--max-steps", type=int)
+    f.add_argument("--max-steps", help="training steps, or 'auto' (default): max(2000, 20 epochs), at most the "
+                   "authors' budget; training also stops once the smoothed loss has converged (see --convergence)")
+    f.add_argument("--max-epochs", type=int, help="passes over the data instead of --max-steps")
+    f.add_argument("--convergence", choices=["auto", "off"],
+                   help="'auto' (default): stop once the smoothed training loss no longer improves; 'off': run the budget")
+    f.add_argument("--checkpoint-minutes", help="wall time between checkpoints (default 10; 'off': by --checkpoint-every only)")
     f.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     f.add_argument("--precision", help="auto, 32, bf16-mixed, 16-mixed")
     f.add_argument("--num-workers", type=int)
-    f.add_argument("--checkpoint-every", type=int)
+    f.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (besides --checkpoint-minutes)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--resume", action="store_true",
                    help="continue the run in --out where it stopped (its config.toml gives the inputs and settings)")

@@ -49,9 +49,11 @@ from ..data.embeddings import EmbeddingWriter, write_soma_obsm
 from ..data.spec import StoreSpec, input_record
 from ..errors import InputError
 from ..train import Trainer, TrainingModule
+from ..train.budget import AuthorsBudget, resolve_budget
 from ..train.checkpoint import load as load_checkpoint
+from ..train.convergence import Convergence
 from ..train.distributed import on_rank_zero, rank
-from ..train.trainer import CHECKPOINT, TrainResult
+from ..train.trainer import CHECKPOINT, CHECKPOINT_MINUTES, TrainResult
 from .inputs import StoreLike, expand_inputs, open_inputs
 from .run import CONFIG, FEATURES, read_feature_records, read_run_config, soma_obsm_key, write_config, write_feature_records
 
@@ -92,6 +94,8 @@ class IntegrationModel(ABC):
 
     method: str = ""
     grad_clip: float | None = None
+    #: The training length of the method's reference code: the ceiling of ``max_steps="auto"``.
+    authors_budget: AuthorsBudget = AuthorsBudget(steps=10_000)
 
     def __init__(self, modalities: Mapping[str, StoreLike] | MuData, seed: int = 0) -> None:
         modalities = expand_inputs(modalities)
@@ -216,15 +220,19 @@ class IntegrationModel(ABC):
         return [k for k in (getattr(self, "batch_key", None), getattr(self, "label_key", None)) if k is not None]
 
     # ---- training -----------------------------------------------------------------------------------------
-    def fit(self, max_steps: int, run_dir: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
-            resume: bool = False, num_workers: int = 0, checkpoint_every: int | None = None, progress: bool = True,
-            early_stopping_patience: int | None = None, val_every: int | None = None, log_every: int = 10) -> TrainResult:
-        """Train for ``max_steps`` steps (one minibatch per modality each).
+    def fit(self, max_steps: int | str = "auto", run_dir: str | os.PathLike | None = None, device: str = "auto",
+            precision: str = "auto", resume: bool = False, num_workers: int = 0, checkpoint_every: int | None = None,
+            progress: bool = True, early_stopping_patience: int | None = None, val_every: int | None = None,
+            log_every: int = 10, max_epochs: int | None = None,
+            checkpoint_minutes: float | None = CHECKPOINT_MINUTES,
+            convergence: Convergence | str | None = "auto") -> TrainResult:
+        """Train (one minibatch per modality per step) until the budget is spent or the loss has converged.
 
         Parameters
         ----------
         max_steps
-            Training steps.
+            Training steps, or ``"auto"``: fitted to the data (see :mod:`cellweave.train.budget`), at most the
+            authors' budget (:attr:`authors_budget`).
         run_dir
             Where the checkpoint, config, loss log and outputs go (``None``: keep nothing on disk).
         device, precision
@@ -235,43 +243,69 @@ class IntegrationModel(ABC):
         num_workers
             DataLoader workers reading the stores.
         checkpoint_every
-            Steps between checkpoints.
+            Steps between checkpoints (besides ``checkpoint_minutes``).
         progress
             Show a progress bar with the loss terms.
         early_stopping_patience, val_every
             Validation-based early stopping (for models with a validation split).
         log_every
             Steps per loss-log row.
+        max_epochs
+            Passes over the training data instead of a step count (with ``max_steps="auto"`` only).
+        checkpoint_minutes
+            Wall time between checkpoints (default 10 minutes; ``None``: by steps only). A checkpoint is always
+            written at the end.
+        convergence
+            ``"auto"`` (default): stop once the smoothed training loss no longer improves
+            (:class:`~cellweave.train.convergence.Convergence` with its defaults); a ``Convergence`` to tune
+            it; ``None``: run the whole budget.
+
+        Returns
+        -------
+        TrainResult
+            With ``stop_reason`` (``max_steps``, ``converged`` or ``early_stopping``); the run's ``config.toml``
+            records the resolved budget and, once training ends, where and why it stopped (``[result]``).
         """
         self.run_dir = None if run_dir is None else Path(run_dir)
         problems = check_obs_keys(self.stores, self.obs_keys_used())
         if problems:
             raise problems[0]
+        if convergence == "auto":
+            convergence = Convergence()
+        elif convergence is not None and not isinstance(convergence, Convergence):
+            raise InputError(type(self).__name__, "convergence", f"must be 'auto', None or a Convergence, got {convergence!r}",
+                             "pass convergence='auto', None, or cellweave.train.convergence.Convergence(...)")
         if resume and self.run_dir is not None and not (self.run_dir / CHECKPOINT).exists() and (self.run_dir / CONFIG).exists():
             warnings.warn(f"{self.run_dir} has no checkpoint yet (the run stopped before its first one): training starts "
                           "from step 0", stacklevel=2)
             resume = False
         if resume and self.run_dir is not None and (self.run_dir / FEATURES).is_dir():
             self._check_recorded_features(read_feature_records(self.run_dir, list(self.stores)))
+        train_data = self.train_stream()
+        budget = resolve_budget(max_steps, max_epochs, len(train_data), self.authors_budget, where=f"{type(self).__name__}.fit")
         torch.manual_seed(self.seed)
         self.module = self.build_module()
+        train = {"max_steps": max_steps, "max_epochs": max_epochs, "budget": budget.as_dict(), "device": str(device),
+                 "precision": precision, "num_workers": num_workers, "checkpoint_every": checkpoint_every,
+                 "checkpoint_minutes": checkpoint_minutes,
+                 "convergence": convergence.as_dict() if convergence is not None else "off"}
         if self.run_dir is not None and rank() == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.save_extras(self.run_dir)  # the run directory is then loadable: Model.load(run_dir)
             soma = any(_is_soma(_unaligned(s)) for s in self.stores.values())
             given = {m: s.kind for m, s in self.stores.items() if s.kind_given}  # --kind: kept for resume
-            write_config(self.run_dir, self.config_dict() | ({"matrix_kinds": given} if given else {}) | {"train": {"max_steps": max_steps, "device": str(device),
-                                                                       "precision": precision, "num_workers": num_workers,
-                                                                       "checkpoint_every": checkpoint_every},
-                                                             "soma_obsm_key": soma_obsm_key(self.run_dir) if soma else None})
+            extra = ({"matrix_kinds": given} if given else {}) | {"soma_obsm_key": soma_obsm_key(self.run_dir) if soma else None}
+            write_config(self.run_dir, self.config_dict() | extra | {"train": train})
             write_feature_records(self.run_dir, self.feature_records())
-        trainer = Trainer(max_steps, device=device, precision=precision, grad_clip=self.grad_clip, seed=self.seed,
-                          num_workers=num_workers,
-                          checkpoint_every=checkpoint_every, run_dir=self.run_dir, progress=progress, log_every=log_every,
-                          early_stopping_patience=early_stopping_patience, val_every=val_every)
+        trainer = Trainer(budget.max_steps, device=device, precision=precision, grad_clip=self.grad_clip, seed=self.seed,
+                          num_workers=num_workers, checkpoint_every=checkpoint_every, run_dir=self.run_dir,
+                          progress=progress, log_every=log_every, early_stopping_patience=early_stopping_patience,
+                          val_every=val_every, checkpoint_minutes=checkpoint_minutes, convergence=convergence)
         self.device = trainer.device
-        self.result = trainer.fit(self.module, self.train_stream(), self.val_stream(), resume=resume)
+        self.result = trainer.fit(self.module, train_data, self.val_stream(), resume=resume)
         self._history = list(self.result.history)
+        if self.run_dir is not None and rank() == 0:
+            write_config(self.run_dir, self.config_dict() | extra | {"train": train, "result": self.result.summary()})
         return self.result
 
     def _check_recorded_features(self, records: Mapping[str, FeatureRecord]) -> None:

@@ -22,6 +22,7 @@ from ..data import CellBatch, CellStream, PairedStream, Preprocess, ZarrStore
 from ..reduce import Reduction, raw_features, reduced_store
 from ..reduce.cache import cached_reduced_store
 from ..train.distributed import on_rank_zero
+from ..train.budget import AuthorsBudget
 from .base import EMBED_BATCH, EMBEDDING_KEY, IntegrationModel
 from .cvqvae_module import CVQVAEModule, CVQVAEWeights
 from .config import config_from_dict
@@ -116,6 +117,7 @@ class CVQVAE(IntegrationModel):
     """
 
     method = "cvqvae"
+    authors_budget = AuthorsBudget(epochs=200)  # the paper's 200 epochs
 
     def __init__(self, modalities: Mapping[str, StoreLike] | MuData, config: CVQVAEConfig | Mapping[str, Any] | None = None,
                  batch_key: str | None = None, kinds: Mapping[str, str] | None = None, seed: int = 0,

@@ -25,6 +25,7 @@ from ..data.atomic import atomic_write_bytes
 from ..data.embeddings import EmbeddingWriter
 from ..errors import InputError
 from ..reduce import ReducedPairedStream, Reduction
+from ..train.budget import AuthorsBudget
 from .base import EMBED_BATCH, EMBEDDING_KEY, IntegrationModel
 from .factvae_links import LatentMoments, latent_map, link_scores
 from .factvae_module import FactVAEModule, FactVAEWeights
@@ -136,6 +137,7 @@ class FactVAE(IntegrationModel):
     """
 
     method = "factvae"
+    authors_budget = AuthorsBudget(epochs=200)  # the paper gives none: as the other VAE methods
 
     def __init__(self, modalities: Mapping[str, StoreLike] | MuData, links: str | os.PathLike | pd.DataFrame | None = "auto",
                  config: FactVAEConfig | Mapping[str, Any] | None = None, kinds: Mapping[str, str] | None = None,

@@ -187,6 +187,10 @@ class FactVAEModule(TrainingModule):
                 "encoder_inputs": {m: list(v) for m, v in self.encoder_inputs.items()}, "target_sum": self.target_sum,
                 "weights": asdict(self.weights), "lr": self.lr, "ssa_lr": self.ssa_lr, "n_pairs": int(self.pairs.shape[0])}
 
+    def convergence_terms(self) -> dict[str, float]:
+        """The VAE loss and the teacher-student term, each as minimised by its optimizer."""
+        return {"vae": 1.0, "ssa": self.weights.ssa}
+
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"vae": torch.optim.Adam(self.parameters(), lr=self.lr),
                 "atac_encoder": torch.optim.Adam(self.encoders[self.atac].parameters(), lr=self.ssa_lr)}

@@ -38,6 +38,7 @@ from ..links import (
     write_links,
 )
 from ..train.distributed import on_rank_zero
+from ..train.budget import AuthorsBudget
 from ..train.trainer import TrainResult
 from .base import EMBED_BATCH, EMBEDDING_KEY, LINKS_FILE, IntegrationModel
 from .config import config_from_dict
@@ -177,6 +178,7 @@ class SCMODAL(IntegrationModel):
     """
 
     method = "scmodal"
+    authors_budget = AuthorsBudget(steps=10_000)  # the authors' 10,000 steps
     grad_clip = 5.0  # the authors clip the encoders'/decoders' gradient norm at 5
 
     def __init__(self, modalities: Mapping[str, StoreLike] | MuData, links: str | os.PathLike | Sequence[FeatureLinks] | None = "auto",
@@ -248,7 +250,7 @@ class SCMODAL(IntegrationModel):
                              init_std=c.init_std, projections={p: lk.projection for p, lk in self.learned.items()})
 
     # ---- learned links ----------------------------------------------------------------------------------------
-    def fit(self, max_steps: int, run_dir: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
+    def fit(self, max_steps: int | str = "auto", run_dir: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",
             resume: bool = False, progress: bool = True, **options: Any) -> TrainResult:
         """Learn the links first when asked (``links="learn"`` or ``links_augment="learn"``), then train.
 

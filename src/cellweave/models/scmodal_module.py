@@ -131,6 +131,11 @@ class SCMODALModule(TrainingModule):
         return {"n_latent": self.n_latent, "d_steps": self.d_steps, "k": self.k, "lr": self.lr,
                 "weight_decay": self.weight_decay, "geo_threshold": self.geo_threshold, "init_std": self.init_std, "weights": asdict(self.weights)}
 
+    def convergence_terms(self) -> dict[str, float]:
+        """The generator's loss without its adversarial term (which oscillates by design), as weighted in training."""
+        w = self.weights
+        return {"ae": w.ae, "cross": w.cross, "anchor": w.anchor, "geo": w.geo}
+
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         gen = list(self.encoders.parameters()) + list(self.decoders.parameters())
         opts = {"generator": torch.optim.Adam(gen, lr=self.lr, weight_decay=self.weight_decay)}

@@ -32,6 +32,7 @@ from torch.utils.data import IterableDataset
 from ..data import CellBatch, ModalityStore, Preprocess, UnpairedStream
 from ..errors import InputError
 from ..links import FeatureLinks, write_links
+from ..train.budget import AuthorsBudget
 from ..train.trainer import TrainResult
 from .base import EMBED_BATCH, LINKS_FILE, IntegrationModel
 from .config import config_from_dict
@@ -217,6 +218,7 @@ class SCMRDR(IntegrationModel):
     """
 
     method = "scmrdr"
+    authors_budget = AuthorsBudget(epochs=200)  # the paper's 200 epochs
     grad_clip = 1.0  # the authors clip the gradient norm at 1
 
     def __init__(self, modalities: Mapping[str, StoreLike] | MuData, links: str | os.PathLike | Sequence[FeatureLinks] | None = "auto",
@@ -408,7 +410,7 @@ class SCMRDR(IntegrationModel):
                 "features": {"n_union": self.space.n_features, **self.space.summary()},
                 "validation_cells": {m: int(len(val)) for m, (_, val) in self.splits.items()}}
 
-    def fit(self, max_steps: int, run_dir: str | os.PathLike | None = None, **options: Any) -> TrainResult:
+    def fit(self, max_steps: int | str = "auto", run_dir: str | os.PathLike | None = None, **options: Any) -> TrainResult:
         """Train (see :meth:`IntegrationModel.fit`), stopping early on the validation split after
         ``config.patience`` validations without improvement unless ``early_stopping_patience`` is given."""
         if self.config.val_fraction > 0:

@@ -160,6 +160,10 @@ class SCMRDRModule(TrainingModule):
                 "beta": self.beta, "lam": self.lam, "gamma": self.gamma, "masked": self.masked, "lr": self.lr,
                 "weight_decay": self.weight_decay, "cosine_steps": self.cosine_steps}
 
+    def convergence_terms(self) -> dict[str, float]:
+        """The VAE loss without its adversarial term (which oscillates by design), as weighted in training."""
+        return {"recon": 1.0, "kl": self.beta, "iso": self.gamma}
+
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         disc = set(self.discriminator.parameters()) if self.discriminator is not None else set()
         vae = [p for p in self.parameters() if p not in disc]

@@ -128,6 +128,14 @@ class TrainingModule(torch.nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement validation_step() to be validated")
 
+    def convergence_terms(self) -> dict[str, float]:
+        """Weights of the logged training terms whose sum the convergence stop watches (default: ``loss``).
+
+        Name the terms that should keep going down while the model improves; leave out adversarial terms,
+        which oscillate by design. A term a step does not report counts 0.
+        """
+        return {"loss": 1.0}
+
     def on_fit_start(self, ctx: StepContext) -> None:
         """Called once per fit, after seeding and moving to the device and before the optimizers are made."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import time
@@ -20,7 +21,8 @@ from ..data.batch import CellBatch
 from ..data.stream import make_loader
 from ..errors import InputError
 from . import checkpoint
-from .distributed import all_reduce_sums, barrier, broadcast_buffers, broadcast_module, rank, world_size
+from .convergence import Convergence, ConvergenceState, monitored
+from .distributed import all_reduce_sums, any_rank, barrier, broadcast_buffers, broadcast_module, rank, world_size
 from .history import LossLog, Row, plot_loss_curves
 from .module import AUTOCAST_DTYPES, StepContext, TrainingModule
 
@@ -30,6 +32,12 @@ HISTORY = "losses.csv"
 CURVES = "loss_curves.png"
 #: Least wall time between two redraws of ``loss_curves.png`` at checkpoints (a redraw takes a second or more).
 PLOT_EVERY_SECONDS = 60.0
+#: Default wall time between two checkpoints (minutes).
+CHECKPOINT_MINUTES = 10.0
+#: Why a run ended (``TrainResult.stop_reason``).
+STOP_REASONS = ("max_steps", "early_stopping", "converged")
+
+logger = logging.getLogger("cellweave.train")
 
 
 @dataclass
@@ -45,7 +53,10 @@ class TrainResult:
     best_val_loss, best_step
         Lowest whole-validation loss and its step (``None`` without validation).
     stopped_early
-        Whether early stopping ended the run (the module then holds the best weights).
+        Whether validation-based early stopping ended the run (the module then holds the best weights).
+    stop_reason
+        Why the run ended: ``"max_steps"``, ``"early_stopping"`` (validation loss) or ``"converged"`` (the
+        convergence stop on the smoothed training loss, see :class:`~cellweave.train.convergence.Convergence`).
     history
         The loss log rows (as in ``losses.csv``).
     history_path, checkpoint_path, best_path
@@ -61,6 +72,12 @@ class TrainResult:
     history_path: Path | None
     checkpoint_path: Path | None
     best_path: Path | None
+    stop_reason: str = "max_steps"
+
+    def summary(self) -> dict[str, Any]:
+        """Where and why the run stopped (for the run's config and the log)."""
+        return {"steps": self.step, "epoch": self.epoch, "stop_reason": self.stop_reason,
+                "best_val_loss": self.best_val_loss, "best_step": self.best_step}
 
 
 def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -139,6 +156,10 @@ class _State:
     best_step: int | None = None
     bad_validations: int = 0
     stopped_early: bool = False
+    converged: bool = False
+    conv_first: float | None = None
+    conv_best: float = math.inf
+    conv_bad: int = 0
 
 
 class Trainer:
@@ -171,6 +192,13 @@ class Trainer:
         Smallest decrease of the validation loss that counts as an improvement.
     checkpoint_every
         Steps between checkpoints (one is always written at the end when ``run_dir`` is set).
+    checkpoint_minutes
+        Wall time between checkpoints, in minutes (default :data:`CHECKPOINT_MINUTES`; ``None``: by steps
+        only). Checked every ``log_every`` steps; both rules may be set.
+    convergence
+        Stop once the smoothed training loss no longer improves (:class:`~cellweave.train.convergence.Convergence`;
+        the module names the monitored terms in :meth:`TrainingModule.convergence_terms`). ``None``: run to
+        ``max_steps`` (or to early stopping).
     run_dir
         Directory of ``checkpoint.pt``, ``best.pt``, ``losses.csv`` and ``loss_curves.png`` (``None``: write nothing).
         The curves are redrawn at checkpoints (at most once every :data:`PLOT_EVERY_SECONDS`) and at the end.
@@ -192,7 +220,8 @@ class Trainer:
     def __init__(self, max_steps: int, device: str | torch.device = "auto", precision: str = "auto",
                  grad_clip: float | None = None, seed: int = 0, num_workers: int = 0, log_every: int = 10,
                  val_every: int | None = None, early_stopping_patience: int | None = None, min_delta: float = 0.0,
-                 checkpoint_every: int | None = None, run_dir: str | Path | None = None, progress: bool = True) -> None:
+                 checkpoint_every: int | None = None, run_dir: str | Path | None = None, progress: bool = True,
+                 checkpoint_minutes: float | None = CHECKPOINT_MINUTES, convergence: Convergence | None = None) -> None:
         for name, value, least in [("max_steps", max_steps, 1), ("log_every", log_every, 1), ("val_every", val_every, 1),
                                    ("early_stopping_patience", early_stopping_patience, 1),
                                    ("checkpoint_every", checkpoint_every, 1), ("num_workers", num_workers, 0)]:
@@ -201,6 +230,11 @@ class Trainer:
         if grad_clip is not None and not grad_clip > 0:
             raise InputError("Trainer", "grad_clip", f"must be positive, got {grad_clip!r}",
                              "set grad_clip > 0, or None for no clipping")
+        if checkpoint_minutes is not None and not (isinstance(checkpoint_minutes, int | float) and checkpoint_minutes > 0):
+            raise InputError("Trainer", "checkpoint_minutes", f"must be positive, got {checkpoint_minutes!r}",
+                             "set checkpoint_minutes > 0, or None to checkpoint by steps only")
+        if convergence is not None and not isinstance(convergence, Convergence):
+            raise TypeError(f"convergence must be a cellweave.train.convergence.Convergence, got {type(convergence).__name__}")
         if min_delta < 0:
             raise InputError("Trainer", "min_delta", f"must be >= 0, got {min_delta!r}", "set min_delta to 0 or more")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
@@ -221,6 +255,8 @@ class Trainer:
         self.patience = early_stopping_patience
         self.min_delta = min_delta
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_minutes = checkpoint_minutes
+        self.convergence = convergence
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.progress = progress
 
@@ -286,6 +322,9 @@ class Trainer:
 
         st = _State()
         acc = _Accumulator(device)
+        rule = self.convergence
+        watch = module.convergence_terms() if rule is not None else {}
+        conv_acc = _Accumulator(device)  # the monitored loss over the current convergence window
         log = LossLog(run_dir / HISTORY if run_dir is not None and main else None)
         best_state: dict[str, torch.Tensor] | None = None
         if payload is not None:
@@ -297,6 +336,8 @@ class Trainer:
             st = _State(**payload["loop"])
             ctx.step, ctx.epoch = st.step, st.epoch
             acc.load(payload["log_acc"])
+            if payload.get("conv_acc") is not None:
+                conv_acc.load(payload["conv_acc"])
             best_state = payload["best_model"]
             # rows up to the checkpoint; its own step's row only if it was a regular one (nothing pending then)
             log.restore(lambda r: r["step"] < st.step or (r["step"] == st.step and acc.count == 0))
@@ -317,15 +358,42 @@ class Trainer:
                 plot_loss_curves(log.rows, log.columns, run_dir / CURVES)
                 plotted = time.perf_counter()
 
-        def save_checkpoint(log_acc: dict[str, Any]) -> None:
+        last_ckpt_time = time.perf_counter()
+
+        def save_checkpoint(log_acc: dict[str, Any], conv_state: dict[str, Any]) -> None:
+            nonlocal last_ckpt_time
             st.seconds = time.perf_counter() - started
             checkpoint.save(ckpt_path, {
                 "format": checkpoint.CHECKPOINT_FORMAT, "module_class": checkpoint.class_name(module),
                 "model": checkpoint.cpu_state(module), "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
                 "scaler": scaler.state_dict(), "loop": vars(st).copy(), "best_model": best_state,
-                "log_acc": log_acc, "rng": checkpoint.get_rng_state(),
+                "log_acc": log_acc, "conv_acc": conv_state, "rng": checkpoint.get_rng_state(),
             })
+            last_ckpt_time = time.perf_counter()
             plot(force=False)
+
+        def checkpoint_due() -> bool:
+            """By steps, or by wall time (rank 0's clock decides; checked every ``log_every`` steps)."""
+            if run_dir is None:
+                return False
+            if self.checkpoint_every and st.step % self.checkpoint_every == 0:
+                return True
+            if self.checkpoint_minutes is None or st.step % self.log_every:
+                return False
+            return any_rank(main and time.perf_counter() - last_ckpt_time >= 60.0 * self.checkpoint_minutes)
+
+        def check_convergence() -> None:
+            """At the end of each window: take its mean of the monitored loss; stop once converged."""
+            state = ConvergenceState(st.conv_first, st.conv_best, st.conv_bad)
+            value = conv_acc.pop_means()["monitor"]
+            state.update(value, rule)
+            st.conv_first, st.conv_best, st.conv_bad = state.first, state.best, state.bad_windows
+            if state.converged(st.step, rule):
+                st.converged = True
+                if main:
+                    logger.info("converged at step %d: the smoothed training loss (%s) improved by less than %g of its "
+                                "progress in %d windows of %d steps", st.step, ", ".join(watch), rule.rel_tol,
+                                rule.patience, rule.window)
 
         def flush(val: Mapping[str, float] | None) -> None:
             row: Row = {"step": st.step, "epoch": ctx.epoch, **acc.pop_means()}
@@ -340,7 +408,7 @@ class Trainer:
         bar = tqdm(total=self.max_steps, initial=st.step, desc="train", unit="step", disable=not (self.progress and main),
                    dynamic_ncols=True)
         with bar:
-            while st.step < self.max_steps and not st.stopped_early:
+            while st.step < self.max_steps and not st.stopped_early and not st.converged:
                 if st.batch_in_epoch >= n_train:  # len(stream) decides where a pass ends
                     st.epoch += 1
                     st.batch_in_epoch = 0
@@ -351,7 +419,10 @@ class Trainer:
                     batches = iter(loader)
                 for batch in batches:
                     ctx.step, ctx.epoch = st.step, st.epoch
-                    acc.add(module.training_step(to_device(batch, device, pin), ctx))
+                    terms = module.training_step(to_device(batch, device, pin), ctx)
+                    acc.add(terms)
+                    if rule is not None:
+                        conv_acc.add({"monitor": sum(w * terms.get(k, 0.0) for k, w in watch.items())})
                     st.step += 1
                     st.batch_in_epoch += 1
                     bar.update(1)
@@ -371,13 +442,15 @@ class Trainer:
                         st.stopped_early = self.patience is not None and st.bad_validations >= self.patience
                     if val is not None or st.step % self.log_every == 0:
                         flush(val)
-                    if run_dir is not None and self.checkpoint_every and st.step % self.checkpoint_every == 0:
+                    if rule is not None and st.step % rule.window == 0:
+                        check_convergence()
+                    if checkpoint_due():
                         broadcast_buffers(module)
-                        log_acc = acc.state()
+                        log_acc, conv_state = acc.state(), conv_acc.state()
                         if main:
-                            save_checkpoint(log_acc)
+                            save_checkpoint(log_acc, conv_state)
                         last_ckpt = st.step
-                    if st.step >= self.max_steps or st.stopped_early or st.batch_in_epoch >= n_train:
+                    if st.step >= self.max_steps or st.stopped_early or st.converged or st.batch_in_epoch >= n_train:
                         break
                 else:
                     raise InputError("train_data", "batches", f"pass {st.epoch} ended after {st.batch_in_epoch} batches, "
@@ -386,9 +459,9 @@ class Trainer:
                 del batches
         broadcast_buffers(module)
         if run_dir is not None and last_ckpt != st.step:
-            log_acc = acc.state()
+            log_acc, conv_state = acc.state(), conv_acc.state()
             if main:
-                save_checkpoint(log_acc)
+                save_checkpoint(log_acc, conv_state)
         if acc.count:
             flush(None)  # the partial interval after the last regular row (dropped again on resume)
         if run_dir is not None and main:
@@ -401,6 +474,7 @@ class Trainer:
             best_step=st.best_step, stopped_early=st.stopped_early, history=log.rows,
             history_path=None if run_dir is None else run_dir / HISTORY, checkpoint_path=ckpt_path,
             best_path=None if run_dir is None or st.best_step is None else run_dir / BEST,
+            stop_reason="early_stopping" if st.stopped_early else "converged" if st.converged else "max_steps",
         )
 
     # ------------------------------------------------------------ helpers
