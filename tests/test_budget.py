@@ -67,6 +67,11 @@ def test_rule_on_a_worked_sequence():
     assert [negative.update(v, rule) for v in (-1.0, -1.5, -1.52)] == [True, True, False]
 
 
+def test_default_rule_windows_are_an_epoch_and_at_least_100_steps():
+    assert Convergence.for_data(1).window == 100 and Convergence.for_data(2_000).window == 2_000
+    assert Convergence.for_data(2_000).min_steps == Convergence().min_steps
+
+
 def test_rule_settings_are_checked():
     for bad in ({"window": 0}, {"rel_tol": 1.5}, {"patience": 0}, {"min_steps": -1}):
         with pytest.raises(InputError):

@@ -121,7 +121,7 @@ def long_runs(tmp_path_factory) -> dict[str, tuple[float, float]]:
         atlas = simulate_atlas(tmp_path_factory.mktemp(name) / "atlas", N_CELLS, modalities=("rna", "atac"), paired=True,
                                progress=False, **SIM, **settings)
         model = FactVAE({"rna": atlas["rna"], "atac": atlas["atac"]}, links=atlas["gene_peak_links"], config=SMALL, seed=0)
-        model.fit(SLOW_STEPS, progress=False)
+        model.fit(SLOW_STEPS, progress=False, convergence=None)
         out[name] = held_out_aurocs(model, atlas)
         print(f"{name}: held-out AUROC after {SLOW_STEPS} steps: {out[name]}")
     return out

@@ -50,7 +50,7 @@ def _fit(atlas, out, steps: int = STEPS, seed: int = 0, run_dir: bool = False, *
     """Train (no early stopping: every variant gets the same steps) and embed into ``out``; ``run_dir``: keep the run
     files in ``out`` (the trainer's loss plots cost seconds)."""
     model = _model(atlas, seed, **config)
-    model.fit(steps, run_dir=out if run_dir else None, progress=False, early_stopping_patience=None)
+    model.fit(steps, run_dir=out if run_dir else None, progress=False, early_stopping_patience=None, convergence=None)
     return model, model.embed(out / "embeddings", progress=False)
 
 

@@ -257,8 +257,9 @@ class IntegrationModel(ABC):
             written at the end.
         convergence
             ``"auto"`` (default): stop once the smoothed training loss no longer improves
-            (:class:`~cellweave.train.convergence.Convergence` with its defaults); a ``Convergence`` to tune
-            it; ``None``: run the whole budget.
+            (:meth:`Convergence.for_data <cellweave.train.convergence.Convergence.for_data>`: windows of one
+            epoch, at least 100 steps); a :class:`~cellweave.train.convergence.Convergence` to tune it; ``None``:
+            run the whole budget.
 
         Returns
         -------
@@ -270,9 +271,7 @@ class IntegrationModel(ABC):
         problems = check_obs_keys(self.stores, self.obs_keys_used())
         if problems:
             raise problems[0]
-        if convergence == "auto":
-            convergence = Convergence()
-        elif convergence is not None and not isinstance(convergence, Convergence):
+        if convergence is not None and convergence != "auto" and not isinstance(convergence, Convergence):
             raise InputError(type(self).__name__, "convergence", f"must be 'auto', None or a Convergence, got {convergence!r}",
                              "pass convergence='auto', None, or cellweave.train.convergence.Convergence(...)")
         if resume and self.run_dir is not None and not (self.run_dir / CHECKPOINT).exists() and (self.run_dir / CONFIG).exists():
@@ -283,6 +282,8 @@ class IntegrationModel(ABC):
             self._check_recorded_features(read_feature_records(self.run_dir, list(self.stores)))
         train_data = self.train_stream()
         budget = resolve_budget(max_steps, max_epochs, len(train_data), self.authors_budget, where=f"{type(self).__name__}.fit")
+        if convergence == "auto":
+            convergence = Convergence.for_data(budget.steps_per_epoch)
         torch.manual_seed(self.seed)
         self.module = self.build_module()
         train = {"max_steps": max_steps, "max_epochs": max_epochs, "budget": budget.as_dict(), "device": str(device),

@@ -6,7 +6,8 @@ should go down; adversarial terms, which oscillate by design, are left out). The
 beats the best window so far by more than ``rel_tol`` of the progress made so far (first window minus this
 one): the tolerance is relative to how far the loss has come, so it needs no loss scale and works for
 terms that are negative (e.g. a geometry similarity). After ``patience`` windows in a row without an
-improvement, and not before ``min_steps``, training stops.
+improvement, and not before ``min_steps``, training stops. The models' default
+(:meth:`Convergence.for_data`) makes a window one epoch, and at least 100 steps.
 
 :func:`replay_stop` applies the same rule to the rows of a ``losses.csv`` (``bench/budget.py`` replays it on
 logged runs).
@@ -39,10 +40,10 @@ class Convergence:
         Never stop before this many steps.
     """
 
-    window: int = 250
+    window: int = 100
     rel_tol: float = 0.02
     patience: int = 2
-    min_steps: int = 1000
+    min_steps: int = 500
 
     def __post_init__(self) -> None:
         for name, least in (("window", 1), ("patience", 1), ("min_steps", 0)):
@@ -52,6 +53,12 @@ class Convergence:
                                  f"set {name} to {least} or more")
         if not (isinstance(self.rel_tol, int | float) and 0 <= self.rel_tol < 1):
             raise InputError("convergence", "rel_tol", f"must be in [0, 1), got {self.rel_tol!r}", "set rel_tol to e.g. 0.02")
+
+    @classmethod
+    def for_data(cls, steps_per_epoch: int) -> Convergence:
+        """The default rule for a stream of ``steps_per_epoch`` batches: windows of one epoch, at least 100 steps
+        (small data: many epochs per window; atlases: a window is a pass over the cells)."""
+        return cls(window=max(cls.window, steps_per_epoch))
 
     def as_dict(self) -> dict[str, Any]:
         """The settings, for the run's config."""
