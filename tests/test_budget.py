@@ -19,6 +19,7 @@ from torch import nn
 from cellweave.cli import main
 from cellweave.data import CellStream, open_modality, write_zarr
 from cellweave.errors import InputError
+from cellweave.models.run import check_config
 from cellweave.train import Trainer, TrainingModule, checkpoint
 from cellweave.train.budget import AUTO_EPOCHS, AUTO_MIN_STEPS, AuthorsBudget, resolve_budget
 from cellweave.train.convergence import Convergence, ConvergenceState, replay_stop
@@ -156,7 +157,8 @@ def test_cli_budget_flags_are_checked(inputs, tmp_path):  # noqa: F811
     assert main(base + ["--checkpoint-minutes", "soon"]) == 2
     assert main(base + ["--max-epochs", "2", "--convergence", "off"]) == 0  # 240 RNA cells / 32 = 7 steps an epoch
     cfg = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
-    assert cfg["train"]["budget"]["max_steps"] == 14 and cfg["result"]["steps"] == 14
+    assert cfg["budget"]["max_steps"] == 14 and cfg["result"]["steps"] == 14 and cfg["train"]["max_epochs"] == 2
+    check_config(cfg, "config.toml")  # a run's own config passes back
 
 
 # ---------------------------------------------------------------- the acceptance check

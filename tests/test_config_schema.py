@@ -34,7 +34,8 @@ def stores(tmp_path_factory) -> dict[str, Path]:
 BAD = {
     "unknown section": ("[trian]\nmax_steps = 5\n", "trian: unknown setting or section", "use one of: batch_key,"),
     "typo in [train]": ("[train]\nmax_stpes = 5\n", "[train] max_stpes: unknown setting",
-                        "use one of: checkpoint_every, device, max_steps, num_workers, precision"),
+                        "use one of: checkpoint_every, checkpoint_minutes, convergence, device, max_epochs, max_steps, "
+                        "num_workers, precision"),
     "unknown [model] key": ("[model]\nn_latnet = 8\n", "[model] n_latnet: unknown setting", "use one of: batch_size,"),
     "unknown loss weight": ("[model.weights]\ngann = 1.0\n", "[model.weights] gann: unknown loss weight", "use one of:"),
     "string for an integer": ('[model]\nn_latent = "eight"\n', "[model] n_latent: must be an integer, got 'eight'",
@@ -43,7 +44,10 @@ BAD = {
     "negative weight": ("[model.weights]\ngan = -1.0\n", "[model.weights] gan: must be zero or more, got -1.0", "gan = 1.0"),
     "float for an integer": ("[model]\nbatch_size = 32.5\n", "[model] batch_size: must be an integer, got 32.5", ""),
     "zero steps": ("[train]\nmax_steps = 0\n", "[train] max_steps: must be at least 1, got 0", ""),
-    "string steps": ('[train]\nmax_steps = "many"\n', "[train] max_steps: must be an integer, got 'many'", ""),
+    "string steps": ('[train]\nmax_steps = "many"\n', "[train] max_steps: must be an integer or 'auto', got 'many'", ""),
+    "word for minutes": ('[train]\ncheckpoint_minutes = "soon"\n', "[train] checkpoint_minutes: must be a number or 'off'", ""),
+    "zero minutes": ("[train]\ncheckpoint_minutes = 0\n", "[train] checkpoint_minutes: must be above 0, got 0", ""),
+    "unknown convergence": ('[train]\nconvergence = "never"\n', "[train] convergence: must be 'auto' or 'off', got 'never'", ""),
     "table for a string": ("[links]\npath = 'x'\n", "links: must be a string", ""),
     "negative seed": ("seed = -1\n", "seed: must be zero or more, got -1", ""),
     "unknown matrix kind": ('[matrix_kinds]\nrna = "raw"\n', "unknown matrix kind 'raw'", "use one of counts, normalized"),
@@ -78,6 +82,10 @@ def test_a_runs_resolved_config_passes_back(stores):
                     config={"hidden": 16, "batch_size": 32})
     cfg = tomllib.loads(tomli_w.dumps(_drop_none(model.config_dict() | {
         "matrix_kinds": {"rna": "counts"},
-        "train": {"max_steps": 5, "device": "cpu", "precision": "auto", "num_workers": 0, "checkpoint_every": 2}})))
+        "train": {"max_steps": 5, "device": "cpu", "precision": "auto", "num_workers": 0, "checkpoint_every": 2},
+        "budget": {"max_steps": 5, "rule": "fixed", "steps_per_epoch": 4, "convergence": "off"},
+        "result": {"steps": 5, "epoch": 1, "stop_reason": "max_steps"}})))
     check_config(cfg, "config.toml")
+    check_config({"train": {"max_steps": "auto", "max_epochs": 3, "checkpoint_minutes": 0.5, "convergence": "off"}}, "c.toml")
+    check_config({"train": {"checkpoint_minutes": "off", "convergence": "auto", "checkpoint_every": 10}}, "c.toml")
     assert SCMODALConfig.from_dict(cfg["model"]).hidden == 16

@@ -265,7 +265,8 @@ class IntegrationModel(ABC):
         -------
         TrainResult
             With ``stop_reason`` (``max_steps``, ``converged`` or ``early_stopping``); the run's ``config.toml``
-            records the resolved budget and, once training ends, where and why it stopped (``[result]``).
+            records the settings (``[train]``), the resolved budget and stop rule (``[budget]``) and, once training
+            ends, where and why it stopped (``[result]``).
         """
         self.run_dir = None if run_dir is None else Path(run_dir)
         problems = check_obs_keys(self.stores, self.obs_keys_used())
@@ -286,17 +287,18 @@ class IntegrationModel(ABC):
             convergence = Convergence.for_data(budget.steps_per_epoch)
         torch.manual_seed(self.seed)
         self.module = self.build_module()
-        train = {"max_steps": max_steps, "max_epochs": max_epochs, "budget": budget.as_dict(), "device": str(device),
-                 "precision": precision, "num_workers": num_workers, "checkpoint_every": checkpoint_every,
-                 "checkpoint_minutes": checkpoint_minutes,
-                 "convergence": convergence.as_dict() if convergence is not None else "off"}
+        train = {"max_steps": max_steps, "max_epochs": max_epochs, "device": str(device), "precision": precision,
+                 "num_workers": num_workers, "checkpoint_every": checkpoint_every,
+                 "checkpoint_minutes": "off" if checkpoint_minutes is None else checkpoint_minutes,
+                 "convergence": "off" if convergence is None else "auto"}
+        resolved = {"budget": budget.as_dict() | {"convergence": convergence.as_dict() if convergence is not None else "off"}}
         if self.run_dir is not None and rank() == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.save_extras(self.run_dir)  # the run directory is then loadable: Model.load(run_dir)
             soma = any(_is_soma(_unaligned(s)) for s in self.stores.values())
             given = {m: s.kind for m, s in self.stores.items() if s.kind_given}  # --kind: kept for resume
             extra = ({"matrix_kinds": given} if given else {}) | {"soma_obsm_key": soma_obsm_key(self.run_dir) if soma else None}
-            write_config(self.run_dir, self.config_dict() | extra | {"train": train})
+            write_config(self.run_dir, self.config_dict() | extra | resolved | {"train": train})
             write_feature_records(self.run_dir, self.feature_records())
         trainer = Trainer(budget.max_steps, device=device, precision=precision, grad_clip=self.grad_clip, seed=self.seed,
                           num_workers=num_workers, checkpoint_every=checkpoint_every, run_dir=self.run_dir,
@@ -306,7 +308,7 @@ class IntegrationModel(ABC):
         self.result = trainer.fit(self.module, train_data, self.val_stream(), resume=resume)
         self._history = list(self.result.history)
         if self.run_dir is not None and rank() == 0:
-            write_config(self.run_dir, self.config_dict() | extra | {"train": train, "result": self.result.summary()})
+            write_config(self.run_dir, self.config_dict() | extra | resolved | {"train": train, "result": self.result.summary()})
         return self.result
 
     def _check_recorded_features(self, records: Mapping[str, FeatureRecord]) -> None:

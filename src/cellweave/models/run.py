@@ -82,10 +82,12 @@ SETTINGS: dict[str, str] = {
 }
 #: What ``cellweave fit`` records in RUN/config.toml beside the settings (read back, never used as settings).
 RECORDS = frozenset({"soma_obsm_key", "learned_links", "features", "pairs", "reductions", "likelihoods", "batches",
-                     "validation_cells"})
-#: The [train] table: key -> (type, least value); ``None``: a string.
-TRAIN: dict[str, tuple[type, int] | None] = {"max_steps": (int, 1), "num_workers": (int, 0), "checkpoint_every": (int, 1),
-                                             "device": None, "precision": None}
+                     "validation_cells", "budget", "result"})
+#: The [train] table: key -> (number type, least value, words also accepted); ``None``: any string.
+TRAIN: dict[str, tuple[type | None, float, tuple[str, ...]] | None] = {
+    "max_steps": (int, 1, ("auto",)), "max_epochs": (int, 1, ()), "num_workers": (int, 0, ()),
+    "checkpoint_every": (int, 1, ()), "checkpoint_minutes": (float, 0, ("off",)), "convergence": (None, 0, ("auto", "off")),
+    "device": None, "precision": None}
 _TYPES = {"a string": str, "an integer": int, "a table": dict}
 
 
@@ -124,11 +126,18 @@ def check_config(cfg: Mapping[str, Any], source: str | os.PathLike) -> None:
             if not isinstance(value, str):
                 raise InputError(source, f"[train] {key}", f"must be a string, got {value!r}", f'e.g. {key} = "auto"')
             continue
-        kind, least = rule
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise InputError(source, f"[train] {key}", f"must be an integer, got {value!r}", f"e.g. {key} = {max(least, 1) * 100}")
-        if value < least:
-            raise InputError(source, f"[train] {key}", f"must be at least {least}, got {value!r}", f"set {key} to {least} or more")
+        kind, least, words = rule
+        if isinstance(value, str) and value in words:
+            continue
+        number = {int: "an integer", float: "a number", None: None}[kind]
+        what = " or ".join([w for w in [number] if w] + [f"'{w}'" for w in words])
+        numeric = (int, float) if kind is float else (int,)
+        if kind is None or not isinstance(value, numeric) or isinstance(value, bool):
+            raise InputError(source, f"[train] {key}", f"must be {what}, got {value!r}",
+                             f"e.g. {key} = {repr(words[0]).replace(chr(39), chr(34)) if words else max(int(least), 1) * 100}")
+        if value < least or (kind is float and value <= least):
+            raise InputError(source, f"[train] {key}", f"must be {'above' if kind is float else 'at least'} {least:g}, got {value!r}",
+                             f"set {key} to {'more than ' if kind is float else ''}{least:g}{'' if kind is float else ' or more'}")
 
 
 def read_run_config(run_dir: str | os.PathLike, method: str) -> dict[str, Any]:
