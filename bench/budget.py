@@ -68,20 +68,23 @@ def read_losses(path: Path) -> list[dict[str, float]]:
 
 
 def replay(out: Path) -> None:
-    """Where the default convergence stop of each method ends each logged run, and the quality there."""
-    from cellweave.train.convergence import replay_stop
+    """Where the default convergence stop ends each logged run (its monitored terms and epoch length are in the
+    run's ``config.toml`` ``[budget]``), and the quality at the last scored step before it."""
+    from cellweave.models.run import read_config
+    from cellweave.train.convergence import Convergence, replay_stop
 
     doc = json.loads((out / "budget.json").read_text())
     for name, methods in doc["datasets"].items():
         for method, runs in methods.items():
-            monitor = METHODS[method].convergence_monitor()
             for seed, curve in runs.items():
-                rows = read_losses(out / f"{name}-{method}-{seed}" / "losses.csv")
-                stop = replay_stop(rows, monitor)
+                run = out / f"{name}-{method}-{seed}"
+                budget = read_config(run)["budget"]
+                rows = read_losses(run / "losses.csv")
+                stop = replay_stop(rows, budget["monitor"], Convergence.for_data(int(budget["steps_per_epoch"])))
                 at = [r for r in curve if r["steps"] <= (stop or 10**9)]
-                near = at[-1] if at else None
-                print(f"{name:<10} {method:<8} seed {seed}: stops at {stop or 'never (ran ' + str(int(rows[-1]['step'])) + ')'}"
-                      + (f"; last scored step {near['steps']}: FOSCTTM {near['foscttm']:.3f}" if near else ""))
+                print(f"{name:<10} {method:<8} seed {seed}: "
+                      + (f"stops at {stop}" if stop else f"no stop within the {int(rows[-1]['step'])} logged steps")
+                      + (f"; last scored step {at[-1]['steps']}: FOSCTTM {at[-1]['foscttm']:.3f}" if at else ""))
 
 
 def main() -> None:

@@ -291,7 +291,8 @@ class IntegrationModel(ABC):
                  "num_workers": num_workers, "checkpoint_every": checkpoint_every,
                  "checkpoint_minutes": "off" if checkpoint_minutes is None else checkpoint_minutes,
                  "convergence": "off" if convergence is None else "auto"}
-        resolved = {"budget": budget.as_dict() | {"convergence": convergence.as_dict() if convergence is not None else "off"}}
+        resolved = {"budget": budget.as_dict() | {"convergence": convergence.as_dict() if convergence is not None else "off",
+                                                  "monitor": self.module.convergence_terms()}}
         if self.run_dir is not None and rank() == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.save_extras(self.run_dir)  # the run directory is then loadable: Model.load(run_dir)
