@@ -3,7 +3,7 @@
 The user API is the same for every method, in the conventions of scvi-tools::
 
     model = SCMODAL({"rna": adata_rna, "adt": adata_adt})   # or SCMODAL(mdata), paths, stores, tiledbsoma objects
-    model.fit(max_steps=10_000, run_dir="run", device="cuda")
+    model.fit(run_dir="run", device="cuda")                # steps fitted to the data, stops once converged
     z = model.get_latent_representation(modality="rna")     # numpy (n_cells, n_latent), in the cells' order
     model.get_latent_representation(modality="rna", key_added="X_cellweave")  # also adata.obsm['X_cellweave']
     paths = model.embed()                                   # out of core: RUN/embeddings/<modality>.zarr
