@@ -34,6 +34,16 @@ def test_reference_check_knows_cellweave_objects():
     assert not cellweave_refs._exists("no_such_function", "cellweave.data", None, "generated/cellweave.data.open_modality")
 
 
+def test_property_prose_with_a_colon_is_not_a_type():
+    """napoleon reads "The loss log: one row per step" as TYPE: description; the extension puts the prose back."""
+    lines = ["one row per step", "", ":type: The loss log"]
+    cellweave_refs.property_prose(None, "property", "x", None, {}, lines)
+    assert lines == ["The loss log: one row per step"]
+    typed = ["The model's settings.", "", ":type: SCMODALConfig"]  # a real type stays
+    cellweave_refs.property_prose(None, "attribute", "x", None, {}, typed)
+    assert typed == ["The model's settings.", "", ":type: SCMODALConfig"]
+
+
 def _notebook(code: str) -> str:
     return json.dumps({"cells": [{"cell_type": "markdown", "id": "m0", "metadata": {}, "source": "# Notebook"},
                                  {"cell_type": "code", "execution_count": None, "id": "c0", "metadata": {},

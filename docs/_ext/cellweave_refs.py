@@ -105,6 +105,27 @@ def missing_reference(app, env, node, contnode):  # noqa: ANN001, ANN201 (Sphinx
     return None  # Sphinx warns: a broken reference
 
 
+def property_prose(app, what, name, obj, options, lines):  # noqa: ANN001, ANN201 (Sphinx event signature)
+    """Undo napoleon's reading of a property or attribute docstring whose first line is prose with a colon ("The loss
+    log: one row per step") as ``TYPE: description``: the prose before the colon would become a broken type
+    reference. Runs after napoleon; a real type (no space in it) is left alone."""
+    if what not in ("property", "attribute"):
+        return
+    for i, line in enumerate(lines):
+        if line.startswith(":type: ") and " " in line[len(":type: "):].strip():
+            prose = line[len(":type: "):].strip()
+            del lines[i]
+            if i > 0 and not lines[i - 1].strip():
+                del lines[i - 1]
+            first = next((j for j, text in enumerate(lines) if text.strip()), None)
+            if first is None:
+                lines.append(prose)
+            else:
+                lines[first] = f"{prose}: {lines[first].lstrip()}"
+            return
+
+
 def setup(app):  # noqa: ANN001, ANN201
     app.connect("missing-reference", missing_reference, priority=900)
+    app.connect("autodoc-process-docstring", property_prose, priority=600)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
