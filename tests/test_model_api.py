@@ -29,10 +29,10 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def cite():
-    """The real CITE-seq cells (200) as two in-memory AnnData objects: RNA counts (genes detected in 20 or more
+    """The real CITE-seq cells (200) as two in-memory AnnData objects: RNA counts (genes detected in 40 or more
     cells, to keep the tests fast) and ADT counts."""
     rna = ad.read_h5ad(require_shared(CITE_SEQ))
-    rna = rna[:, np.asarray((rna.X > 0).sum(0)).ravel() >= 20].copy()
+    rna = rna[:, np.asarray((rna.X > 0).sum(0)).ravel() >= 40].copy()
     adt = ad.AnnData(X=sp.csr_matrix(np.asarray(rna.obsm["protein_expression"], dtype=np.float32)), obs=rna.obs[[]].copy(),
                      var=pd.DataFrame(index=[str(p) for p in rna.uns["protein_names"]]))
     rna = ad.AnnData(X=sp.csr_matrix(rna.X), obs=rna.obs.copy(), var=rna.var[[]].copy())
