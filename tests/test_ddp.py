@@ -214,7 +214,7 @@ def test_fit_embeds_with_every_rank_into_one_store(ddp_runs, tmp_path):
     assert fit["stdout"].count("trained 6 steps in") == 2, fit["stdout"]  # rank 0 reports (scMODAL, then CVQVAE)
     assert fit["stdout"].count(f"embeddings: {out}/embeddings") == 1, fit["stdout"]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.toml", "embeddings", "features",
-                                                     "loss_curves.png", "losses.csv"]
+                                                     "links.tsv", "loss_curves.png", "losses.csv"]  # links: save_extras
     assert sorted(p.name for p in (out / "embeddings").iterdir()) == ["adt.zarr", "rna.zarr"]  # no temporaries
     ddp = {m: read_embedding(out / "embeddings" / f"{m}.zarr") for m in FIT_CELLS}
     # one process with rank 0's weights embeds the same: rank 1 wrote its rows with identical weights
