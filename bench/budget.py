@@ -29,7 +29,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from links import CITE_SEQ, cite_seq, score
 from measure import write_json

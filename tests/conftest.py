@@ -36,6 +36,19 @@ def counts_source(n_cells: int, n_genes: int, seed: int = 0, prefix: str = "c", 
     return InMemorySource(f"<{modality} in memory>", modality, obs, var, X, kind="counts")
 
 
+def tiny_pair(root: Path, n_rna: int = 120, n_adt: int = 80) -> dict[str, Path]:
+    """A small RNA (30 genes) + ADT (8 proteins) pair of Zarr counts stores under ``root``, an identity links
+    table (protein ``g<j>`` -> gene ``g<j>``) and a small scMODAL config: inputs for fast end-to-end commands."""
+    links = root / "links.tsv"
+    links.write_text("source_modality\tsource_feature\ttarget_modality\ttarget_feature\n"
+                     + "".join(f"adt\tg{j}\trna\tg{j}\n" for j in range(8)))
+    config = root / "run.toml"
+    config.write_text("[model]\nhidden = 16\nn_latent = 4\nbatch_size = 32\nd_steps = 1\nk = 5\n")
+    return {"rna": write_zarr(counts_source(n_rna, 30, seed=0, density=0.3), root / "rna.zarr"),
+            "adt": write_zarr(counts_source(n_adt, 8, seed=1, prefix="p", modality="adt", density=0.9), root / "adt.zarr"),
+            "links": links, "config": config}
+
+
 @pytest.fixture
 def small_zarr(tmp_path):
     """A 10,000 x 120 counts store and its source."""

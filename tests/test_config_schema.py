@@ -11,24 +11,17 @@ import pytest
 import tomli_w
 
 from cellweave.cli import main
-from cellweave.data import write_zarr
 from cellweave.models import SCMODAL, SCMODALConfig, SCMRDRConfig
 from cellweave.models.run import _drop_none, check_config
 
-from .conftest import counts_source
+from .conftest import tiny_pair
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("schema")
-    links = root / "links.tsv"
-    links.write_text("source_modality\tsource_feature\ttarget_modality\ttarget_feature\n"
-                     + "".join(f"adt\tg{j}\trna\tg{j}\n" for j in range(8)))
-    return {"rna": write_zarr(counts_source(120, 30, seed=0, density=0.3), root / "rna.zarr"),
-            "adt": write_zarr(counts_source(80, 8, seed=1, prefix="p", modality="adt", density=0.9), root / "adt.zarr"),
-            "links": links}
+    return tiny_pair(tmp_path_factory.mktemp("schema"))
 
 
 BAD = {

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from cellweave.cli import main
-from cellweave.data import open_modality, write_zarr
+from cellweave.data import open_modality
 from cellweave.data.embeddings import EmbeddingWriter
 
-from .conftest import counts_source
+from .conftest import tiny_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,11 +52,8 @@ def listing(path: Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pristine")
-    links = root / "links.tsv"
-    links.write_text("source_modality\tsource_feature\ttarget_modality\ttarget_feature\n"
-                     + "".join(f"adt\tg{j}\trna\tg{j}\n" for j in range(8)))
-    rna = write_zarr(counts_source(120, 30, seed=0, density=0.3), root / "rna.zarr")
-    adt = write_zarr(counts_source(80, 8, seed=1, prefix="p", modality="adt", density=0.9), root / "adt.zarr")
+    inputs = tiny_pair(root)
+    rna, adt, links = inputs["rna"], inputs["adt"], inputs["links"]
     embedding = root / "embedding.zarr"
     with EmbeddingWriter(embedding, open_modality(rna), {"X_cellweave": 4}) as w:
         w.write(np.arange(120), {"X_cellweave": np.random.default_rng(0).normal(size=(120, 4))})

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from cellweave.cli import main
-from cellweave.data import open_modality, write_zarr
+from cellweave.data import open_modality
 from cellweave.data.atomic import remove_stale_temporaries
 from cellweave.data.embeddings import EmbeddingWriter
 from cellweave.errors import InputError
@@ -28,7 +28,7 @@ from cellweave.models.scmodal_module import SCMODALModule
 from cellweave.train import checkpoint
 from cellweave.train.history import LossLog
 
-from .conftest import counts_source
+from .conftest import tiny_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 30, 10
@@ -40,15 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("faults")
-    links = root / "links.tsv"
-    links.write_text("source_modality\tsource_feature\ttarget_modality\ttarget_feature\n"
-                     + "".join(f"adt\tg{j}\trna\tg{j}\n" for j in range(8)))
-    config = root / "run.toml"
-    config.write_text("[model]\nhidden = 16\nn_latent = 4\nbatch_size = 32\nd_steps = 1\nk = 5\n")
-    return {"rna": write_zarr(counts_source(240, 30, seed=0, density=0.3), root / "rna.zarr"),
-            "adt": write_zarr(counts_source(160, 8, seed=1, prefix="p", modality="adt", density=0.9), root / "adt.zarr"),
-            "links": links, "config": config}
+    return tiny_pair(tmp_path_factory.mktemp("faults"), 240, 160)
 
 
 def fit_args(inputs: dict[str, Path], out: Path) -> list[str]:

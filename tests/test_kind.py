@@ -14,10 +14,10 @@ import pytest
 import scipy.sparse as sp
 
 from cellweave.cli import main
-from cellweave.data import open_modality, write_zarr
+from cellweave.data import open_modality
 from cellweave.data.kind import infer_kind
 
-from .conftest import counts_source
+from .conftest import counts_source, tiny_pair
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 N_CELLS, N_GENES = 120, 30
@@ -39,14 +39,8 @@ def counts(value: float | None = None) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def adt(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("adt")
-    links = root / "links.tsv"
-    links.write_text("source_modality\tsource_feature\ttarget_modality\ttarget_feature\n"
-                     + "".join(f"adt\tg{j}\trna\tg{j}\n" for j in range(8)))
-    config = root / "run.toml"
-    config.write_text("[model]\nhidden = 16\nn_latent = 4\nbatch_size = 32\nd_steps = 1\nk = 5\n")
-    store = write_zarr(counts_source(80, 8, seed=1, prefix="p", modality="adt", density=0.9), root / "adt.zarr")
-    return {"adt": store, "links": links, "config": config}
+    inputs = tiny_pair(tmp_path_factory.mktemp("adt"))
+    return {k: inputs[k] for k in ("adt", "links", "config")}
 
 
 def test_the_rule_on_values():

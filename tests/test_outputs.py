@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from cellweave.cli import main
-from cellweave.data import write_zarr
 from cellweave.data.output import lock_path, output_guard
 from cellweave.errors import InputError
 
-from .conftest import counts_source
+from .conftest import tiny_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,15 +31,7 @@ def listing(path: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("outputs")
-    links = root / "links.tsv"
-    links.write_text("source_modality\tsource_feature\ttarget_modality\ttarget_feature\n"
-                     + "".join(f"adt\tg{j}\trna\tg{j}\n" for j in range(8)))
-    config = root / "run.toml"
-    config.write_text("[model]\nhidden = 16\nn_latent = 4\nbatch_size = 32\nd_steps = 1\nk = 5\n")
-    return {"rna": write_zarr(counts_source(120, 30, seed=0, density=0.3), root / "rna.zarr"),
-            "adt": write_zarr(counts_source(80, 8, seed=1, prefix="p", modality="adt", density=0.9), root / "adt.zarr"),
-            "links": links, "config": config}
+    return tiny_pair(tmp_path_factory.mktemp("outputs"))
 
 
 def fit_args(inputs: dict[str, Path], out: Path, *extra: str) -> list[str]:

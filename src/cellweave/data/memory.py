@@ -231,7 +231,7 @@ def _soma_store(obj: Any, modality: str | None) -> ModalityStore:
             measurement = present[0]
         else:
             raise InputError(obj.uri, "ms", f"which measurement is modality {modality!r}? (this experiment has: "
-                             f"{', '.join(present)})", f"pass experiment.ms['<name>'] or name the modality after it")
+                             f"{', '.join(present)})", "pass experiment.ms['<name>'] or name the modality after it")
         experiment = obj.uri
     else:
         raise InputError(getattr(obj, "uri", name), name, "not a tiledbsoma Experiment, Measurement or ExperimentAxisQuery",

@@ -614,6 +614,29 @@ class IntegrationModel(ABC):
                          max_steps=max_steps, k=k, overwrite=overwrite, progress=progress)
 
 
+class SavesLinkTable:
+    """Mixin of the models whose ``links`` (modality pair -> :class:`~cellweave.links.FeatureLinks`) come from a
+    feature table: a run or saved model keeps the resolved table (``links.tsv``) and is rebuilt from it."""
+
+    links: dict
+
+    def save_extras(self, directory: Path) -> None:
+        """The resolved links table (``links.tsv``)."""
+        from ..links import write_links
+
+        super().save_extras(directory)  # type: ignore[misc]
+        if self.links:
+            write_links(directory / LINKS_FILE, list(self.links.values()))
+
+    @classmethod
+    def run_settings(cls, cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+        """The run's settings, its links read back from the table it saved."""
+        out = super().run_settings(cfg, run_dir)  # type: ignore[misc]
+        if (run_dir / LINKS_FILE).exists():
+            out["links"] = run_dir / LINKS_FILE
+        return out
+
+
 def _unaligned(store: ModalityStore) -> ModalityStore:
     """The store under an alignment view (the store itself otherwise)."""
     return getattr(store, "base", store)

@@ -35,12 +35,11 @@ from ..links import (
     learn,
     read_links,
     require_links,
-    write_links,
 )
 from ..train.distributed import on_rank_zero
 from ..train.budget import AuthorsBudget
 from ..train.trainer import TrainResult
-from .base import EMBED_BATCH, EMBEDDING_KEY, LINKS_FILE, IntegrationModel
+from .base import EMBED_BATCH, EMBEDDING_KEY, IntegrationModel, SavesLinkTable
 from .config import config_from_dict
 from .inputs import StoreLike, checked_stats, modality_kind
 from .scmodal_module import SCMODALModule, SCMODALWeights
@@ -145,7 +144,7 @@ def resolve_links(stores: Mapping[str, Any], links: str | os.PathLike | Sequence
     return found
 
 
-class SCMODAL(IntegrationModel):
+class SCMODAL(SavesLinkTable, IntegrationModel):
     """scMODAL (Wang et al.): unpaired multi-modal integration, streamed.
 
     Parameters
@@ -270,19 +269,11 @@ class SCMODAL(IntegrationModel):
         super().load_weights(run_dir, device)
 
     def save_extras(self, directory: Path) -> None:
-        """The resolved links table (``links.tsv``) and the learned links (``learned_links/``)."""
-        if self.links:
-            write_links(directory / LINKS_FILE, list(self.links.values()))
+        """The resolved links table (``links.tsv``) and the learned links (``learned_links/``; read back by
+        :meth:`load_weights`)."""
+        super().save_extras(directory)
         for lk in self.learned.values():
             lk.save(directory / LEARNED_DIR)
-
-    @classmethod
-    def run_settings(cls, cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
-        """The run's settings, its links read back from the table it saved (learned ones: see :meth:`load_weights`)."""
-        out = super().run_settings(cfg, run_dir)
-        if (run_dir / LINKS_FILE).exists():
-            out["links"] = run_dir / LINKS_FILE
-        return out
 
     def _input_stream(self, modality: str) -> CellStream:
         """All cells of ``modality`` in store order, transformed as in training."""

@@ -31,10 +31,10 @@ from torch.utils.data import IterableDataset
 
 from ..data import CellBatch, ModalityStore, Preprocess, UnpairedStream
 from ..errors import InputError
-from ..links import FeatureLinks, write_links
+from ..links import FeatureLinks
 from ..train.budget import AuthorsBudget
 from ..train.trainer import TrainResult
-from .base import EMBED_BATCH, LINKS_FILE, IntegrationModel
+from .base import EMBED_BATCH, IntegrationModel, SavesLinkTable
 from .config import config_from_dict
 from .inputs import StoreLike, checked_stats, modality_kind
 from .scmrdr_module import COUNT_LIKELIHOODS, LIKELIHOODS, SCMRDRModule
@@ -182,7 +182,7 @@ def validation_split(n_cells: int, fraction: float, seed: int, modality: str) ->
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
-class SCMRDR(IntegrationModel):
+class SCMRDR(SavesLinkTable, IntegrationModel):
     """scMRDR (disentangled multi-omics integration): unpaired modalities, streamed, over a union feature space.
 
     Parameters
@@ -388,19 +388,6 @@ class SCMRDR(IntegrationModel):
         query = QueryBatches(self._require_module(), payload["categories"])
         query.load_state_dict(payload["state"])
         self.query_batches = query.to(self.device).eval()
-
-    def save_extras(self, directory: Path) -> None:
-        """The resolved links table (``links.tsv``)."""
-        if self.links:
-            write_links(directory / LINKS_FILE, list(self.links.values()))
-
-    @classmethod
-    def run_settings(cls, cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
-        """The run's settings, its links read back from the table it saved."""
-        out = super().run_settings(cfg, run_dir)
-        if (run_dir / LINKS_FILE).exists():
-            out["links"] = run_dir / LINKS_FILE
-        return out
 
     def config_dict(self) -> dict[str, Any]:
         return {"method": self.method, "seed": self.seed, "inputs": dict(self.inputs), "kinds": self.kinds,

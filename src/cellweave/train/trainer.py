@@ -21,7 +21,7 @@ from ..data.batch import CellBatch
 from ..data.stream import make_loader
 from ..errors import InputError
 from . import checkpoint
-from .convergence import Convergence, ConvergenceState, monitored
+from .convergence import Convergence, ConvergenceState
 from .distributed import all_reduce_sums, any_rank, barrier, broadcast_buffers, broadcast_module, rank, world_size
 from .history import LossLog, Row, plot_loss_curves
 from .module import AUTOCAST_DTYPES, StepContext, TrainingModule
