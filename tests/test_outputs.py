@@ -11,13 +11,17 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cellweave.cli import main
 from cellweave.data.output import lock_path, output_guard
 from cellweave.errors import InputError
+from cellweave.models import SCMODAL
+from cellweave.train.trainer import Trainer
 
 from .conftest import tiny_pair
 
@@ -96,7 +100,7 @@ def test_an_empty_directory_is_not_an_existing_output(inputs, tmp_path):
 HOLDER = textwrap.dedent("""
     import sys, time
     from cellweave.data.output import output_guard
-    with output_guard(sys.argv[1]):
+    with output_guard(sys.argv[1], overwrite=True):
         print("held", flush=True)
         time.sleep(120)
 """)
@@ -134,14 +138,34 @@ def test_a_second_writer_of_the_same_output_stops_naming_the_first(inputs, tmp_p
     assert not lock_path(run).exists()
 
 
-def test_the_guard_excludes_a_second_holder_in_the_same_process(tmp_path):
-    with output_guard(tmp_path / "out"):
-        with pytest.raises(InputError, match=r"lock: another cellweave command \(pid \d+\)"):
-            with output_guard(tmp_path / "out"):
-                pass
-    with output_guard(tmp_path / "out"):  # released
+def in_another_thread(fn) -> BaseException | None:
+    """Run ``fn`` in another thread of this process; return what it raised."""
+    raised: list[BaseException] = []
+
+    def target():
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 -- handed back to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    return raised[0] if raised else None
+
+
+def test_the_guard_is_reentered_by_its_thread_and_excludes_other_threads(tmp_path):
+    out = tmp_path / "out"
+    with output_guard(out):
+        with output_guard(tmp_path / "." / "out", overwrite=True):  # nested, same path: held already
+            out.mkdir()
+            (out / "x").write_text("x")
+        assert lock_path(out).exists()  # the inner block left the outer guard's lock in place
+        exc = in_another_thread(lambda: output_guard(out, overwrite=True).__enter__())
+        assert isinstance(exc, InputError) and f"lock: another cellweave command (pid {os.getpid()})" in str(exc)
+    with output_guard(out, overwrite=True):  # released
         pass
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 # --------------------------------------------------------------------------------- outputs that cannot be written
@@ -201,3 +225,70 @@ def test_an_immutable_existing_run_is_refused_in_one_line(inputs, finished, tmp_
             assert f"{run}: output path: cannot be written: Operation not permitted" in line, line
     finally:
         subprocess.run(["chattr", "-i", str(run)], check=True)
+
+
+# --------------------------------------------------------------------------------- the Python API: the same guard
+def test_api_fit_refuses_an_existing_run_unless_overwrite_or_resume(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "marker").write_text("old run")
+    before = listing(run)
+    model = SCMODAL.from_run(run)
+    with pytest.raises(InputError) as refused:
+        model.fit(2, run_dir=run, device="cpu", progress=False)
+    msg = str(refused.value)
+    assert "\n" not in msg and msg.startswith(f"{run}: output path: already exists")
+    assert "overwrite=True" in msg and "resume=True" in msg and "--" not in msg
+    with pytest.raises(InputError, match=r"SCMODAL.fit: resume/overwrite: both given"):
+        model.fit(2, run_dir=run, device="cpu", progress=False, resume=True, overwrite=True)
+    with pytest.raises(InputError, match="max_steps"):  # fails inside the guard, before a checkpoint: old run back
+        model.fit("many", run_dir=run, device="cpu", progress=False, overwrite=True)
+    assert listing(run) == before
+    assert model.fit(4, run_dir=run, device="cpu", progress=False, resume=True).step == 4  # continued from step 2
+    assert (run / "marker").exists()
+    assert model.fit(3, run_dir=run, device="cpu", progress=False, overwrite=True).step == 3
+    assert not (run / "marker").exists() and (run / "checkpoint.pt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no trash, no lock left
+
+
+def test_api_fit_holds_the_run_while_training_and_a_second_writer_is_refused(inputs, finished, tmp_path, monkeypatch):
+    model = SCMODAL.from_run(finished)
+    run = tmp_path / "run"
+    with held_by_another_process(run) as pid:
+        with pytest.raises(InputError, match=rf"{run}: lock: another cellweave command \(pid {pid}\)"):
+            model.fit(2, run_dir=run, device="cpu", progress=False)
+        assert not run.exists()
+    seen = {}
+    real_fit = Trainer.fit
+
+    def fit_watched(trainer, *args, **kwargs):  # the real training, with a second writer knocking meanwhile
+        seen["lock"] = lock_path(run).read_text().split()[-1]
+        seen["other thread"] = in_another_thread(lambda: SCMODAL.from_run(finished).fit(2, run_dir=run, device="cpu",
+                                                                                      progress=False, overwrite=True))
+        return real_fit(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", fit_watched)
+    assert model.fit(2, run_dir=run, device="cpu", progress=False).step == 2
+    assert seen["lock"] == str(os.getpid())
+    assert isinstance(seen["other thread"], InputError) and f"(pid {os.getpid()})" in str(seen["other thread"])
+    assert not lock_path(run).exists() and (run / "checkpoint.pt").exists()
+
+
+def test_api_save_refuses_replaces_and_respects_the_lock(finished, tmp_path):
+    model = SCMODAL.from_run(finished)
+    saved = model.save(tmp_path / "saved")
+    with pytest.raises(InputError) as refused:
+        model.save(saved)
+    msg = str(refused.value)
+    assert "\n" not in msg and msg.startswith(f"{saved}: output path: already exists") and "overwrite=True" in msg
+    (saved / "marker").write_text("old")
+    model.save(saved, overwrite=True)
+    assert not (saved / "marker").exists()
+    z = model.get_latent_representation(modality="adt")
+    np.testing.assert_array_equal(SCMODAL.load(saved).get_latent_representation(modality="adt"), z)
+    with held_by_another_process(saved) as pid:  # e.g. a fit writing there
+        with pytest.raises(InputError, match=rf"lock: another cellweave command \(pid {pid}\)"):
+            model.save(saved, overwrite=True)
+        assert (saved / "model.pt").exists()
+    model.save(saved, overwrite=True)  # the killed holder's lock file is taken over, then removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]

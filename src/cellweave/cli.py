@@ -71,11 +71,9 @@ def _parse_kinds(items: Sequence[str] | None) -> dict[str | None, str]:
 def _cmd_fit(args: argparse.Namespace) -> None:
     from .data.align import align_store
     from .data.check import open_store
-    from .data.output import output_guard
     from .models import METHODS, MODEL_CONFIGS
-    from .models.run import FEATURES, check_config, read_config, read_feature_records
+    from .models.run import FEATURES, check_config, read_config, read_feature_records, run_guard
     from .train.distributed import distributed_session, rank, rank_zero_first
-    from .train.trainer import CHECKPOINT
 
     config = args.config or (os.path.join(args.out, "config.toml") if args.resume and not args.modality else None)  # a resumed run reads its own
     cfg = read_config(config) if config else {}
@@ -119,13 +117,9 @@ def _cmd_fit(args: argparse.Namespace) -> None:
                 "config": cfg.get("model"), "kinds": cfg.get("kinds"),
                 "genes_bed": args.genes_bed or cfg.get("genes_bed"), "batch_key": args.batch_key or cfg.get("batch_key"),
                 "seed": int(cfg.get("seed", args.seed)), "progress": True}
-    if args.resume and args.overwrite:
-        raise InputError("cellweave fit", "--resume/--overwrite", "both given", "pass --resume to continue the run, or "
-                         "--overwrite to replace it")
-    # rank 0 alone holds the run (under torchrun the launcher stops the other ranks when it fails)
-    guard = output_guard(args.out, overwrite=args.overwrite, resume=args.resume, in_place=True,
-                         keep_partial=lambda run: (run / CHECKPOINT).exists()) if os.environ.get("RANK", "0") == "0" else nullcontext()
-    with guard, distributed_session(str(train.get("device", "auto"))):  # under torchrun: one process group, rank 0 reports
+    # the run is held from here to the end (model.fit re-enters the guard); under torchrun rank 0 alone holds it
+    # and the launcher stops the other ranks when it fails; one process group, rank 0 reports
+    with run_guard(args.out, overwrite=args.overwrite, resume=args.resume), distributed_session(str(train.get("device", "auto"))):
         with rank_zero_first():  # rank 0 checks the inputs and caches their statistics; the other ranks read them
             model = model_cls.from_settings(inputs, settings)
         say = log.info if rank() == 0 else (lambda *_: None)
@@ -134,7 +128,7 @@ def _cmd_fit(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         result = model.fit(_steps(train.get("max_steps", "auto")), run_dir=args.out, device=train.get("device", "auto"),
                            precision=train.get("precision", "auto"), num_workers=int(train.get("num_workers", 0)),
-                           checkpoint_every=train.get("checkpoint_every"), resume=args.resume,
+                           checkpoint_every=train.get("checkpoint_every"), resume=args.resume, overwrite=args.overwrite,
                            max_epochs=train.get("max_epochs"), checkpoint_minutes=_minutes(train.get("checkpoint_minutes", 10.0)),
                            convergence=None if train.get("convergence", "auto") == "off" else "auto")
         dt = time.perf_counter() - t0

@@ -74,7 +74,7 @@ def run_demo(cells: int = 5_000, out: str | None = None, seed: int = 0, steps: i
     run = Path(out) / "run"
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
-    model.fit(steps, run_dir=run, device="cpu", progress=True)
+    model.fit(steps, run_dir=run, device="cpu", progress=True, overwrite=True)  # the demo replaces its own run
     dt = time.perf_counter() - t0
     figures["steps_per_s"] = steps / dt
     emb = model.embed(progress=False)

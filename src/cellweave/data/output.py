@@ -11,6 +11,10 @@
   file where a directory is expected, a full disk) is one :class:`~cellweave.errors.InputError` naming the
   path and the reason, whether found before the work starts or while writing.
 
+The guard is re-entrant within one thread: a block nested in a guard of the same path (the CLI holds a run across
+``fit`` and ``embed`` while ``model.fit(run_dir=...)`` holds it itself) runs under the outer guard's decisions
+and lock; any other thread or process is refused.
+
 With ``overwrite`` an existing output written in place (``in_place=True``, e.g. a training run) is moved
 aside under a temporary name first: it is removed when the command succeeds, and put back when the command
 fails before the new output holds anything worth keeping (``keep_partial`` says what is).
@@ -23,6 +27,7 @@ import errno
 import fcntl
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +35,12 @@ from ..errors import InputError
 from .atomic import _remove, _temporary, remove_stale_temporaries
 
 WRITABLE_FIX = "choose an output path in a directory you can write to"
+#: How the refusal of an existing output names the options that lift it: command-line flags ...
+CLI_OPTIONS = ("--overwrite", "--resume")
+#: ... or the Python API's keyword arguments.
+API_OPTIONS = ("overwrite=True", "resume=True")
+
+_held: dict[tuple[str, int], int] = {}  # (absolute path, thread) -> depth of the guards this thread holds on it
 
 
 def lock_path(path: str | os.PathLike) -> Path:
@@ -141,7 +152,8 @@ def _probe(directory: Path) -> None:
 @contextlib.contextmanager
 def output_guard(path: str | os.PathLike, overwrite: bool = False, resume: bool = False, directory: bool = True,
                  refuse_existing: bool = True, in_place: bool = False,
-                 keep_partial: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+                 keep_partial: Callable[[Path], bool] | None = None,
+                 options: tuple[str, str] = CLI_OPTIONS) -> Iterator[Path]:
     """Hold an output for the length of a command (see the module docstring).
 
     Parameters
@@ -163,6 +175,9 @@ def output_guard(path: str | os.PathLike, overwrite: bool = False, resume: bool 
     keep_partial
         For ``in_place`` with ``overwrite``: whether a failed command's new output is worth keeping (else the
         old one is put back).
+    options
+        How the refusal of an existing output names ``overwrite`` and ``resume``: :data:`CLI_OPTIONS` (flags) or
+        :data:`API_OPTIONS` (keyword arguments).
 
     Yields
     ------
@@ -175,6 +190,14 @@ def output_guard(path: str | os.PathLike, overwrite: bool = False, resume: bool 
         Existing output, another writer holding the lock, or an output that cannot be written.
     """
     path = Path(path)
+    key = (os.path.abspath(path), threading.get_ident())
+    if key in _held:  # nested in this thread's own guard of the same output: held, and decided, already
+        _held[key] += 1
+        try:
+            yield path
+        finally:
+            _held[key] -= 1
+        return
     trash: Path | None = None
     created: list[Path] = []
     lock = _Lock(path)
@@ -182,8 +205,8 @@ def output_guard(path: str | os.PathLike, overwrite: bool = False, resume: bool 
         try:
             occupied = _occupied(path, directory)
             if occupied and refuse_existing and not (overwrite or resume):
-                raise InputError(path, "output path", "already exists",
-                                 "choose another path or pass --overwrite" + (" (or --resume to continue it)" if in_place else ""))
+                raise InputError(path, "output path", "already exists", f"choose another path or pass {options[0]}"
+                                 + (f" (or {options[1]} to continue it)" if in_place else ""))
             created = _make_parents(path.parent)
             lock.acquire()
             remove_stale_temporaries(path)
@@ -194,6 +217,7 @@ def output_guard(path: str | os.PathLike, overwrite: bool = False, resume: bool 
                 _probe(path)
         except OSError as exc:
             raise unwritable(path, exc) from None
+        _held[key] = 1
         try:
             yield path
         except OSError as exc:
@@ -201,6 +225,7 @@ def output_guard(path: str | os.PathLike, overwrite: bool = False, resume: bool 
                 raise unwritable(path, exc) from exc
             raise
     except BaseException:
+        _held.pop(key, None)
         if trash is not None:
             if keep_partial is not None and keep_partial(path):
                 _remove(trash)
@@ -214,6 +239,7 @@ def output_guard(path: str | os.PathLike, overwrite: bool = False, resume: bool 
                 d.rmdir()
         raise
     finally:
+        _held.pop(key, None)
         if trash is not None:
             _remove(trash)
         lock.release()

@@ -46,6 +46,7 @@ from ..data.align import MIN_OVERLAP, FeatureRecord, align_store
 from ..data.check import check_inputs, check_obs_keys, open_store
 from ..data.memory import AnnDataStore, as_store
 from ..data.embeddings import EmbeddingWriter, write_soma_obsm
+from ..data.output import API_OPTIONS, output_guard
 from ..data.spec import StoreSpec, input_record
 from ..errors import InputError
 from ..train import Trainer, TrainingModule
@@ -55,7 +56,8 @@ from ..train.convergence import Convergence
 from ..train.distributed import on_rank_zero, rank
 from ..train.trainer import CHECKPOINT, CHECKPOINT_MINUTES, TrainResult
 from .inputs import StoreLike, expand_inputs, open_inputs
-from .run import CONFIG, FEATURES, read_feature_records, read_run_config, soma_obsm_key, write_config, write_feature_records
+from .run import (CONFIG, FEATURES, read_feature_records, read_run_config, run_guard, soma_obsm_key, write_config,
+                  write_feature_records)
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -225,7 +227,7 @@ class IntegrationModel(ABC):
             progress: bool = True, early_stopping_patience: int | None = None, val_every: int | None = None,
             log_every: int = 10, max_epochs: int | None = None,
             checkpoint_minutes: float | None = CHECKPOINT_MINUTES,
-            convergence: Convergence | str | None = "auto") -> TrainResult:
+            convergence: Convergence | str | None = "auto", overwrite: bool = False) -> TrainResult:
         """Train (one minibatch per modality per step) until the budget is spent or the loss has converged.
 
         Parameters
@@ -234,12 +236,18 @@ class IntegrationModel(ABC):
             Training steps, or ``"auto"``: fitted to the data (see :mod:`cellweave.train.budget`), at most the
             authors' budget (:attr:`authors_budget`).
         run_dir
-            Where the checkpoint, config, loss log and outputs go (``None``: keep nothing on disk).
+            Where the checkpoint, config, loss log and outputs go (``None``: keep nothing on disk). As with
+            ``cellweave fit --out``, an existing run is refused unless ``overwrite`` or ``resume``, and the run is
+            locked while training: a second writer (another process or thread) is refused naming the holder's pid
+            (see :func:`~cellweave.models.run.run_guard`).
         device, precision
             See :class:`~cellweave.train.Trainer`.
         resume
             Continue the run in ``run_dir`` exactly where it stopped. A run killed before its first checkpoint
             (``config.toml`` but no ``checkpoint.pt``) starts again from step 0.
+        overwrite
+            Replace an existing run in ``run_dir``: the old run is moved aside and removed when training ends; if
+            training fails before the new run's first checkpoint, the old run is put back as it was.
         num_workers
             DataLoader workers reading the stores.
         checkpoint_every
@@ -275,42 +283,51 @@ class IntegrationModel(ABC):
         if convergence is not None and convergence != "auto" and not isinstance(convergence, Convergence):
             raise InputError(type(self).__name__, "convergence", f"must be 'auto', None or a Convergence, got {convergence!r}",
                              "pass convergence='auto', None, or cellweave.train.convergence.Convergence(...)")
-        if resume and self.run_dir is not None and not (self.run_dir / CHECKPOINT).exists() and (self.run_dir / CONFIG).exists():
-            warnings.warn(f"{self.run_dir} has no checkpoint yet (the run stopped before its first one): training starts "
-                          "from step 0", stacklevel=2)
-            resume = False
-        if resume and self.run_dir is not None and (self.run_dir / FEATURES).is_dir():
-            self._check_recorded_features(read_feature_records(self.run_dir, list(self.stores)))
-        train_data = self.train_stream()
-        budget = resolve_budget(max_steps, max_epochs, len(train_data), self.authors_budget, where=f"{type(self).__name__}.fit")
-        if convergence == "auto":
-            convergence = Convergence.for_data(budget.steps_per_epoch)
-        torch.manual_seed(self.seed)
-        self.module = self.build_module()
-        train = {"max_steps": max_steps, "max_epochs": max_epochs, "device": str(device), "precision": precision,
-                 "num_workers": num_workers, "checkpoint_every": checkpoint_every,
-                 "checkpoint_minutes": "off" if checkpoint_minutes is None else checkpoint_minutes,
-                 "convergence": "off" if convergence is None else "auto"}
-        resolved = {"budget": budget.as_dict() | {"convergence": convergence.as_dict() if convergence is not None else "off",
-                                                  "monitor": self.module.convergence_terms()}}
-        if self.run_dir is not None and rank() == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.save_extras(self.run_dir)  # the run directory is then loadable: Model.load(run_dir)
-            soma = any(_is_soma(_unaligned(s)) for s in self.stores.values())
-            given = {m: s.kind for m, s in self.stores.items() if s.kind_given}  # --kind: kept for resume
-            extra = ({"matrix_kinds": given} if given else {}) | {"soma_obsm_key": soma_obsm_key(self.run_dir) if soma else None}
-            write_config(self.run_dir, self.config_dict() | extra | resolved | {"train": train})
-            write_feature_records(self.run_dir, self.feature_records())
-        trainer = Trainer(budget.max_steps, device=device, precision=precision, grad_clip=self.grad_clip, seed=self.seed,
-                          num_workers=num_workers, checkpoint_every=checkpoint_every, run_dir=self.run_dir,
-                          progress=progress, log_every=log_every, early_stopping_patience=early_stopping_patience,
-                          val_every=val_every, checkpoint_minutes=checkpoint_minutes, convergence=convergence)
-        self.device = trainer.device
-        self.result = trainer.fit(self.module, train_data, self.val_stream(), resume=resume)
-        self._history = list(self.result.history)
-        if self.run_dir is not None and rank() == 0:
-            write_config(self.run_dir, self.config_dict() | extra | resolved | {"train": train, "result": self.result.summary()})
-        return self.result
+        with self.hold_run(run_dir, overwrite, resume):
+            if resume and self.run_dir is not None and not (self.run_dir / CHECKPOINT).exists() and (self.run_dir / CONFIG).exists():
+                warnings.warn(f"{self.run_dir} has no checkpoint yet (the run stopped before its first one): training starts "
+                              "from step 0", stacklevel=2)
+                resume = False
+            if resume and self.run_dir is not None and (self.run_dir / FEATURES).is_dir():
+                self._check_recorded_features(read_feature_records(self.run_dir, list(self.stores)))
+            train_data = self.train_stream()
+            budget = resolve_budget(max_steps, max_epochs, len(train_data), self.authors_budget, where=f"{type(self).__name__}.fit")
+            if convergence == "auto":
+                convergence = Convergence.for_data(budget.steps_per_epoch)
+            torch.manual_seed(self.seed)
+            self.module = self.build_module()
+            train = {"max_steps": max_steps, "max_epochs": max_epochs, "device": str(device), "precision": precision,
+                     "num_workers": num_workers, "checkpoint_every": checkpoint_every,
+                     "checkpoint_minutes": "off" if checkpoint_minutes is None else checkpoint_minutes,
+                     "convergence": "off" if convergence is None else "auto"}
+            resolved = {"budget": budget.as_dict() | {"convergence": convergence.as_dict() if convergence is not None else "off",
+                                                      "monitor": self.module.convergence_terms()}}
+            if self.run_dir is not None and rank() == 0:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self.save_extras(self.run_dir)  # the run directory is then loadable: Model.load(run_dir)
+                soma = any(_is_soma(_unaligned(s)) for s in self.stores.values())
+                given = {m: s.kind for m, s in self.stores.items() if s.kind_given}  # --kind: kept for resume
+                extra = ({"matrix_kinds": given} if given else {}) | {"soma_obsm_key": soma_obsm_key(self.run_dir) if soma else None}
+                write_config(self.run_dir, self.config_dict() | extra | resolved | {"train": train})
+                write_feature_records(self.run_dir, self.feature_records())
+            trainer = Trainer(budget.max_steps, device=device, precision=precision, grad_clip=self.grad_clip, seed=self.seed,
+                              num_workers=num_workers, checkpoint_every=checkpoint_every, run_dir=self.run_dir,
+                              progress=progress, log_every=log_every, early_stopping_patience=early_stopping_patience,
+                              val_every=val_every, checkpoint_minutes=checkpoint_minutes, convergence=convergence)
+            self.device = trainer.device
+            self.result = trainer.fit(self.module, train_data, self.val_stream(), resume=resume)
+            self._history = list(self.result.history)
+            if self.run_dir is not None and rank() == 0:
+                write_config(self.run_dir, self.config_dict() | extra | resolved | {"train": train, "result": self.result.summary()})
+            return self.result
+
+    def hold_run(self, run_dir: str | os.PathLike | None, overwrite: bool = False,
+                 resume: bool = False) -> contextlib.AbstractContextManager:
+        """The run directory's output guard for the API (:func:`~cellweave.models.run.run_guard`; nothing without a
+        run directory): entered by :meth:`fit`, and by a subclass that writes into the run before training."""
+        if run_dir is None:
+            return contextlib.nullcontext()
+        return run_guard(run_dir, overwrite, resume, options=API_OPTIONS, where=f"{type(self).__name__}.fit")
 
     def _check_recorded_features(self, records: Mapping[str, FeatureRecord]) -> None:
         """Refuse stores whose features are not laid out as the run recorded them (weights would meet other genes)."""
@@ -432,14 +449,17 @@ class IntegrationModel(ABC):
         """Save the trained model so that :meth:`load` rebuilds it: config, weights, loss log, feature records,
         what the method needs (reductions, link tables), and a Zarr copy of every in-memory input
         (``data/<modality>.zarr``; inputs on disk are referenced by path, not copied). Written under a temporary
-        name and renamed.
+        name and renamed, under the same output guard as :meth:`fit`: an existing ``directory`` (an empty one
+        excepted) is refused unless ``overwrite``, and a directory another process is writing (a running fit, a
+        save) is refused naming that process's pid.
 
         Parameters
         ----------
         directory
             Where to save (created).
         overwrite
-            Replace an existing ``directory``.
+            Replace an existing ``directory`` (also a run directory: the saved model then replaces the run); the old
+            content stays whole until the new one is complete.
 
         Returns
         -------
@@ -451,7 +471,7 @@ class IntegrationModel(ABC):
         from ..data.write_zarr import write_zarr
 
         module = self._require_module()
-        with atomic_output(directory, overwrite) as tmp:
+        with output_guard(directory, overwrite, options=API_OPTIONS), atomic_output(directory, overwrite) as tmp:
             tmp.mkdir(parents=True)
             inputs = dict(self.inputs)
             for m, store in self.stores.items():

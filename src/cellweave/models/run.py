@@ -12,10 +12,14 @@ Layout::
 
 Embeddings of a SOMA input are also written into its measurement's ``obsm`` under the run's own key
 (:func:`soma_obsm_key`, recorded in ``config.toml`` as ``soma_obsm_key``), so a second run never replaces the first.
+
+A run is written under :func:`run_guard` (by ``cellweave fit`` and by ``model.fit(run_dir=...)`` alike): an existing
+run is refused unless replaced or resumed, and one process at a time writes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -27,6 +31,7 @@ import tomli_w
 
 from ..data.align import FeatureRecord
 from ..data.atomic import atomic_write_bytes
+from ..data.output import CLI_OPTIONS, output_guard
 from ..errors import InputError
 
 CONFIG = "config.toml"
@@ -40,6 +45,42 @@ def soma_obsm_key(run_dir: str | os.PathLike) -> str:
     other than letters, digits, ``_``, ``-`` and ``.`` become ``_``)."""
     name = Path(os.path.abspath(run_dir)).name
     return SOMA_KEY_PREFIX + (re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "run")
+
+
+def run_guard(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False,
+              options: tuple[str, str] = CLI_OPTIONS, where: str = "cellweave fit") -> contextlib.AbstractContextManager:
+    """The output guard of a training run (:func:`~cellweave.data.output.output_guard`), held while it is written.
+
+    An existing run is refused unless ``overwrite`` (replaced; the old run comes back if the new one fails before
+    its first checkpoint) or ``resume`` (continued in place); a second writer is refused naming the holder's pid.
+    Under ``torch.distributed`` only rank 0 holds it (rank 0 alone writes the run's files).
+
+    Parameters
+    ----------
+    run_dir
+        The run directory.
+    overwrite, resume
+        Replace, or continue, an existing run (not both).
+    options
+        How a refusal names ``overwrite`` and ``resume`` (command-line flags or the API's keyword arguments).
+    where
+        Who asks (named by the refusal of ``overwrite`` with ``resume``).
+
+    Raises
+    ------
+    InputError
+        Both ``overwrite`` and ``resume``; an existing run; another writer; a run directory that cannot be written.
+    """
+    from ..train.distributed import rank
+    from ..train.trainer import CHECKPOINT
+
+    if resume and overwrite:
+        raise InputError(where, f"{options[1].split('=')[0]}/{options[0].split('=')[0]}", "both given",
+                         f"pass {options[1]} to continue the run, or {options[0]} to replace it")
+    if os.environ.get("RANK", "0") != "0" or rank() != 0:
+        return contextlib.nullcontext(Path(run_dir))
+    return output_guard(run_dir, overwrite=overwrite, resume=resume, in_place=True, options=options,
+                        keep_partial=lambda run: (run / CHECKPOINT).exists())
 
 
 def write_feature_records(run_dir: str | os.PathLike, records: Mapping[str, FeatureRecord]) -> None:

@@ -256,10 +256,11 @@ class SCMODAL(SavesLinkTable, IntegrationModel):
         The learned links are saved in ``RUN/learned_links/`` before training; a resumed run reads them back
         instead of learning again. Parameters as for :meth:`IntegrationModel.fit`.
         """
-        if self.learn_pairs:  # under torch.distributed rank 0 learns (or reads) them and hands them to every rank
-            self.learned = on_rank_zero(lambda: self._run_learned_links(run_dir, resume, progress))
-        return super().fit(max_steps, run_dir=run_dir, device=device, precision=precision, resume=resume,
-                           progress=progress, **options)
+        with self.hold_run(run_dir, options.get("overwrite", False), resume):  # the learned links go into the run too
+            if self.learn_pairs:  # under torch.distributed rank 0 learns (or reads) them and hands them to every rank
+                self.learned = on_rank_zero(lambda: self._run_learned_links(run_dir, resume, progress))
+            return super().fit(max_steps, run_dir=run_dir, device=device, precision=precision, resume=resume,
+                               progress=progress, **options)
 
     def load_weights(self, run_dir: str | os.PathLike, device: str = "cpu") -> None:
         """Load the run's learned links (when it learned any), then its trained weights."""
