@@ -81,7 +81,8 @@ def stage(name: str, args: argparse.Namespace) -> dict:
         model = MODELS[method].from_settings({m: sim / f"{m}.zarr" for m in MODALITIES}, _settings(method, sim))
         out["setup_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        result = model.fit(args.steps, run_dir=data / "runs" / method, device=args.device, progress=False)
+        result = model.fit(args.steps, run_dir=data / "runs" / method, device=args.device, progress=False,
+                           overwrite=True)  # a rerun replaces its own runs (the data is kept)
         out["train_s"] = time.perf_counter() - t
         out["steps"] = int(result.step)
         out["steps_per_s"] = result.step / out["train_s"]
