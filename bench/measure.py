@@ -20,12 +20,12 @@ from pathlib import Path
 PSS_EVERY = 10  # RSS every 50 ms, PSS every 0.5 s
 
 
-def measure(cmd: list[str]) -> dict:
-    """Run ``cmd`` (which prints one JSON object as its last stdout line); add ``peak_rss_mb`` and
-    ``peak_pss_mb``, or ``error``."""
+def measure(cmd: list[str], python: str | None = None) -> dict:
+    """Run ``cmd`` with ``python`` (default: this one), which prints one JSON object as its last stdout line;
+    add ``peak_rss_mb`` and ``peak_pss_mb``, or ``error``."""
     import psutil
 
-    proc = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([python or sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out_bytes, err_tail = bytearray(), bytearray()
     readers = [threading.Thread(target=lambda: out_bytes.extend(proc.stdout.read()), daemon=True),
                threading.Thread(target=_echo, args=(proc.stderr, err_tail), daemon=True)]

@@ -13,6 +13,13 @@ statistics pass, of model set-up, of ``--steps`` training steps (after ``--warmu
 every cell; steps/s and peak RSS (with ``--repeat R``, cases alternate R times and the fastest run of
 each is compared). The in-memory baseline is skipped with ``--no-baseline`` (at 1M cells it
 needs ~9 GB for the dense RNA matrix alone).
+
+``--baseline authors --authors-path DIR [--authors-python PY]`` (scMODAL) compares with the authors' own published
+loop instead (bench/authors.py: their package imported from DIR, run by PY with its own dependencies; their
+CITE-seq tutorial's inputs built from the same stores and link table): speed as above (their step time and the
+peak RSS of their process), and with ``--quality-steps N ...`` quality of both at those step counts for every
+``--seeds`` (FOSCTTM over twins, ADT <- RNA label transfer). Skipped with the reason printed when DIR or PY
+cannot run their code.
 """
 
 from __future__ import annotations
@@ -202,7 +209,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the stream (0: read in the training process)")
     p.add_argument("--repeat", type=int, default=1, help="runs per case, alternating; the fastest is kept")
-    p.add_argument("--no-baseline", action="store_true", help="skip the in-memory baseline")
+    p.add_argument("--no-baseline", action="store_true", help="skip the baseline")
+    p.add_argument("--baseline", choices=["inmemory", "authors"], default="inmemory",
+                   help="inmemory: cellweave's module on random draws from RAM; authors: their published code")
+    p.add_argument("--authors-path", help="folder holding the authors' package (scmodal/)")
+    p.add_argument("--authors-python", default=sys.executable, help="Python that imports the authors' package")
+    p.add_argument("--quality-steps", type=int, nargs="*", default=[], help="with --baseline authors: score both here")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the quality comparison")
     p.add_argument("--no-embed", dest="embed", action="store_false", help="skip embedding every cell")
     p.add_argument("--data", type=Path)
     p.add_argument("--json", type=Path)
@@ -219,8 +232,24 @@ def main() -> None:
                "paired": DATA_FOR[args.method][1], "genes": args.genes, "proteins": args.proteins, "peaks": args.peaks,
                "steps": args.steps, "device": args.device, "threads": args.threads, "machine": platform.platform(),
                "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "cases": {}}
-    names = ("stream",) + (() if args.no_baseline else ("inmemory",))
+    authors = None
+    if args.baseline == "authors" and not args.no_baseline:
+        authors = authors_case(args, root, data)
+        if isinstance(authors, str):
+            print(f"authors' baseline skipped: {authors}", flush=True)
+            results["authors_skipped"] = authors
+            authors = None
+    names = ("stream",) + (() if args.no_baseline or args.baseline == "authors" and authors is None else (args.baseline,))
     for rep, name in [(r, n) for r in range(args.repeat) for n in names]:  # alternate: load drifts hit both alike
+        if name == "authors":
+            res = run_measured(authors, python=args.authors_python)
+            results.setdefault("runs", []).append(res)
+            best = results["cases"].get(name)
+            if best is None or "error" in best or res.get("steps_per_s", 0) > best.get("steps_per_s", 0):
+                results["cases"][name] = res
+            print(f"{name:9s} #{rep + 1} " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()),
+                  flush=True)
+            continue
         cmd = [__file__, "--case", name, "--root", str(root), "--scratch", str(data / "scratch"), "--method", args.method,
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
                "--threads", str(args.threads), "--workers", str(args.workers)] + ([] if args.embed else ["--no-embed"])
@@ -232,11 +261,61 @@ def main() -> None:
         print(f"{name:9s} #{rep + 1} " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()),
               flush=True)
     cases = results["cases"]
-    if "inmemory" in cases and "error" not in cases["inmemory"] and "error" not in cases["stream"]:
-        results["ratio_steps_per_s"] = cases["stream"]["steps_per_s"] / cases["inmemory"]["steps_per_s"]
-        results["ratio_peak_rss"] = cases["stream"]["peak_rss_mb"] / cases["inmemory"]["peak_rss_mb"]
-        print(f"stream / in-memory: steps/s x{results['ratio_steps_per_s']:.2f}, peak RSS x{results['ratio_peak_rss']:.2f}")
+    base = args.baseline
+    if base in cases and "error" not in cases[base] and "error" not in cases["stream"]:
+        results["ratio_steps_per_s"] = cases["stream"]["steps_per_s"] / cases[base]["steps_per_s"]
+        results["ratio_peak_rss"] = cases["stream"]["peak_rss_mb"] / cases[base]["peak_rss_mb"]
+        print(f"stream / {base}: steps/s x{results['ratio_steps_per_s']:.2f}, peak RSS x{results['ratio_peak_rss']:.2f}")
+    if authors is not None and args.quality_steps:
+        results["quality"] = quality(args, root, data)
     write_json(args.json, results)
+
+
+def authors_case(args: argparse.Namespace, root: Path, data: Path) -> list[str] | str:
+    """The command line of the authors' loop on the tutorial inputs of ``root``, or why it cannot run."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from authors import RUNNER, find_package, tutorial_inputs, usable_python
+
+    if args.method != "scmodal":
+        return f"the authors' loop is wired for scmodal only, not {args.method}"
+    code, why = find_package(args.authors_path)
+    why = why or usable_python(args.authors_python, code)
+    if why:
+        return why
+    inputs = data / "scratch" / "authors-inputs.npz"
+    if not inputs.exists():
+        inputs.parent.mkdir(parents=True, exist_ok=True)
+        a, b, n_shared = tutorial_inputs(ad.read_zarr(root / "rna.zarr"), ad.read_zarr(root / "adt.zarr"),
+                                         pd.read_csv(root / "links.tsv", sep="\t"))
+        np.savez(inputs, a=a, b=b, n_shared=n_shared)
+    return [str(RUNNER), "--code", str(code), "--inputs", str(inputs), "--steps", str(args.warmup + args.steps),
+            "--warmup", str(args.warmup), "--threads", str(args.threads), "--model-path", str(data / "scratch" / "authors-model")]
+
+
+def quality(args: argparse.Namespace, root: Path, data: Path) -> list[dict]:
+    """Both loops scored at ``--quality-steps`` for every ``--seeds`` (FOSCTTM, ADT <- RNA label transfer)."""
+    import shutil
+
+    from authors import find_package, run_authors_scmodal, run_cellweave_scmodal
+
+    code, _ = find_package(args.authors_path)
+    rows = []
+    for seed in args.seeds:
+        run_dir = data / "scratch" / f"quality-run-{seed}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for impl, res in (("cellweave", run_cellweave_scmodal(root, args.quality_steps, seed, run_dir)),
+                          ("authors", run_authors_scmodal(root, args.authors_python, code, args.quality_steps, seed,
+                                                          args.threads, data / "scratch"))):
+            for row in res.get("curve", []):
+                rows.append({"impl": impl, "seed": seed, **row})
+                print(f"quality {impl:9s} seed {seed} step {row['steps']:>5}: FOSCTTM {row['foscttm']:.3f}, "
+                      f"label transfer {row['label_transfer']:.3f}", flush=True)
+            if "error" in res:
+                print(f"quality {impl} seed {seed}: {res['error']}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
