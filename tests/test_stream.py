@@ -297,3 +297,21 @@ def test_malloc_arena_cap_respects_the_users_setting(monkeypatch):
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     assert malloc.limit_malloc_arenas() is glibc
     malloc.release_free_memory()  # a no-op off glibc, never an error
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_dense_places_every_value_with_empty_rows_and_any_dtype(dtype):
+    import scipy.sparse as sp
+
+    from cellweave.data import CellBatch
+
+    rng = np.random.default_rng(4)
+    D = rng.random((40, 30)) * (rng.random((40, 30)) < 0.2)
+    D[[0, 7, 39]] = 0  # empty rows, first and last included
+    X = sp.csr_matrix(D)
+    b = CellBatch("rna", np.arange(40).astype(str), torch.arange(40), torch.from_numpy(X.data).to(dtype),
+                  torch.from_numpy(X.indptr.astype(np.int64)), torch.from_numpy(X.indices.astype(np.int64)), 30,
+                  torch.zeros(40))
+    out = b.dense()
+    assert out.dtype == dtype and out.shape == (40, 30)
+    np.testing.assert_array_equal(out.float().numpy(), torch.from_numpy(D).to(dtype).float().numpy())

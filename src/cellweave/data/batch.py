@@ -74,6 +74,13 @@ class CellBatch:
                                        check_invariants=False)
 
     def _scatter_dense(self) -> torch.Tensor:
+        if self.values.device.type == "cpu" and self.values.dtype in (torch.float32, torch.float64):
+            # scipy's C loop: ~5x torch's indexed assignment on CPU, the same values (a CSR row holds a column once)
+            import scipy.sparse as sp
+
+            csr = sp.csr_array((self.values.numpy(), self.col_indices.numpy(), self.crow_indices.numpy()),
+                               shape=(len(self), self.n_vars), copy=False)
+            return torch.from_numpy(csr.toarray())
         rows = torch.repeat_interleave(torch.arange(len(self), device=self.values.device), torch.diff(self.crow_indices))
         X = torch.zeros(len(self), self.n_vars, dtype=self.values.dtype, device=self.values.device)
         X[rows, self.col_indices] = self.values
