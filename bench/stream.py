@@ -8,7 +8,16 @@ workers it uses 2. Each loader runs in its own subprocess; the parent samples th
     python bench/stream.py --cells 100000 --json out.json [--genes 2000] [--batch-size 512] [--data DIR]
 
 The data (RNA counts from ``cellweave simulate``) is kept under ``--data`` (default ``.bench/stream-N-G``) and
-reused when present.
+reused when present; the SOMA copy is written only when a SOMA loader runs.
+
+annbatch needs Python >= 3.12 and reads only its own format, a pre-shuffled sharded Zarr collection. It runs in its
+own environment: ``--annbatch-python PATH`` names that environment's interpreter (``python3.12 -m venv VENV &&
+VENV/bin/pip install annbatch``; torch is optional for annbatch and not needed here). Each run first converts the
+same cells with annbatch's ``DatasetCollection(DIR).add_adatas([rna.zarr], shuffle=True)`` (timed and measured
+apart: ``annbatch_convert``), then runs one epoch of its ``Loader`` (in-process: annbatch has no worker split of its
+own, its reads are concurrent) in that interpreter, densifying each batch to float32 numpy as the others densify
+to torch (same work, ``torch.from_numpy`` is free). Without ``--annbatch-python`` (unless this interpreter has
+annbatch) it is skipped with the reason printed.
 
 ``--census``: a CELLxGENE Census-shaped experiment (``tools/census_fixture.py``: layers ``raw`` and
 ``normalized``, several datasets and donors) queried as atlases are, ``tissue_general == 'lung' and
@@ -21,9 +30,11 @@ neither the experiment nor the query.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,6 +42,8 @@ from pathlib import Path
 from measure import measure as run_measured, write_json
 
 BASELINES = ("cellweave_zarr", "cellweave_soma", "tiledbsoma_ml", "annbatch", "anndata_inmemory")
+SOMA_LOADERS = ("cellweave_soma", "tiledbsoma_ml")
+ANNBATCH_CHUNK, ANNBATCH_PRELOAD = 256, 64  # 16,384 cells preloaded and shuffled: cellweave's read-ahead block
 CENSUS_LOADERS = ("cellweave_census", "tiledbsoma_ml_census")
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -50,8 +63,8 @@ def prepare_census(data: Path, cells: int, genes: int) -> None:
         print(f"wrote the Census-shaped experiment in {time.perf_counter() - t:.0f}s", file=sys.stderr)
 
 
-def prepare(data: Path, cells: int, genes: int) -> None:
-    """Simulate RNA counts into Zarr and copy them into a SOMA experiment (once)."""
+def prepare(data: Path, cells: int, genes: int, soma: bool = True) -> None:
+    """Simulate RNA counts into Zarr and (``soma``) copy them into a SOMA experiment (once)."""
     from cellweave.data import open_modality
     from cellweave.data.soma_store import write_soma
     from cellweave.data.store import StoreSource
@@ -63,15 +76,13 @@ def prepare(data: Path, cells: int, genes: int) -> None:
         simulate_atlas(data / "sim", cells, modalities=("rna",), n_genes=genes, seed=0, overwrite=True)
         print(f"simulated {cells} x {genes} in {time.perf_counter() - t:.0f}s", file=sys.stderr)
     soma_path = data / "rna.soma"
-    if not soma_path.exists():
+    if soma and not soma_path.exists():
         t = time.perf_counter()
         write_soma([StoreSource(open_modality(zarr_path))], soma_path, overwrite=True, chunk_rows=16384)
         print(f"wrote SOMA in {time.perf_counter() - t:.0f}s", file=sys.stderr)
 
 
 def _epoch(batches, n_expected: int) -> dict:
-    import torch
-
     t = time.perf_counter()
     n = 0
     checksum = 0.0
@@ -84,7 +95,6 @@ def _epoch(batches, n_expected: int) -> dict:
     dt = time.perf_counter() - t
     if n < 0.99 * n_expected:
         raise RuntimeError(f"loader yielded {n} cells, expected {n_expected}")
-    del torch
     after = (n - first[1]) / max(dt - first[0], 1e-9) if first else float("nan")
     return {"cells": n, "seconds": dt, "cells_per_s": n / dt, "checksum": checksum,
             "first_batch_s": first[0] if first else float("nan"), "cells_per_s_after_first_batch": after}
@@ -92,8 +102,6 @@ def _epoch(batches, n_expected: int) -> dict:
 
 def run_one(name: str, data: Path, batch_size: int, workers: int, query: str | None = None) -> dict:
     """One epoch of one loader, in this process (and its workers)."""
-    import torch
-
     zarr_path = data / "sim" / "rna.zarr"
     soma_path = data / "rna.soma"
     if name in CENSUS_LOADERS:
@@ -106,6 +114,7 @@ def run_one(name: str, data: Path, batch_size: int, workers: int, query: str | N
         return _epoch((b.dense() for b in loader), store.n_obs)
     if name == "tiledbsoma_ml":
         import tiledbsoma as soma
+        import torch
         from tiledbsoma_ml import ExperimentDataset, experiment_dataloader
 
         exp = soma.Experiment.open(str(soma_path))
@@ -114,18 +123,17 @@ def run_one(name: str, data: Path, batch_size: int, workers: int, query: str | N
             n = query.n_obs
             loader = experiment_dataloader(ds, num_workers=workers)
             return _epoch((torch.from_numpy(X) for X, _ in loader), n)
-    if name == "annbatch":
+    if name in ("annbatch", "annbatch_convert"):
         try:
             import annbatch  # noqa: F401
         except ImportError as exc:
-            raise RuntimeError(
-                f"annbatch is not installed here ({exc}); on PyPI it requires Python >= 3.12 and this machine has "
-                f"Python {platform.python_version()}"
-            ) from exc
-        return _run_annbatch(data, batch_size)
+            raise RuntimeError(f"annbatch is not installed in {sys.executable} (Python {platform.python_version()}): "
+                               f"{exc}") from exc
+        return _convert_annbatch(data) if name == "annbatch_convert" else _run_annbatch(data, batch_size)
     if name == "anndata_inmemory":
         import anndata as ad
         import numpy as np
+        import torch
 
         adata = ad.read_zarr(zarr_path)  # the whole matrix in RAM, as scvi-tools' default loader needs
         X = adata.X
@@ -168,25 +176,58 @@ def _run_census(name: str, experiment: Path, batch_size: int, workers: int, quer
     return result | {"setup_s": setup, "query_cells": n, "experiment_cells": exp.obs.count}
 
 
-def _run_annbatch(data: Path, batch_size: int) -> dict:
-    """annbatch needs its own pre-shuffled sharded collection: built once (not timed), then one epoch."""
+def _convert_annbatch(data: Path) -> dict:
+    """annbatch's own format: the same cells rewritten as a pre-shuffled sharded collection, with annbatch's
+    published API and its defaults (a fresh collection each run, so the conversion is measured in the run)."""
     import numpy as np
-    import torch
+    from annbatch import DatasetCollection
+
+    coll_path = data / "annbatch.zarr"
+    shutil.rmtree(coll_path, ignore_errors=True)
+    t = time.perf_counter()
+    DatasetCollection(coll_path).add_adatas([str(data / "sim" / "rna.zarr")], shuffle=True, rng=np.random.default_rng(0))
+    dt = time.perf_counter() - t
+    disk = sum(f.stat().st_size for f in coll_path.rglob("*") if f.is_file())
+    return {"seconds": dt, "disk_mb": disk / 2**20, "datasets": len(list(coll_path.glob("dataset_*"))), **_annbatch_env()}
+
+
+def _annbatch_env() -> dict:
+    import annbatch
+
+    return {"python": platform.python_version(), "annbatch": annbatch.__version__}
+
+
+def _run_annbatch(data: Path, batch_size: int) -> dict:
+    """One epoch of annbatch's Loader over its collection (written by ``annbatch_convert``), shuffled."""
+    import numpy as np
     from annbatch import DatasetCollection, Loader
 
     coll_path = data / "annbatch.zarr"
     if not coll_path.exists():
-        DatasetCollection(coll_path).add_adatas([str(data / "sim" / "rna.zarr")], shuffle=True, rng=np.random.default_rng(0))
-    loader = Loader(batch_size=batch_size, chunk_size=256, preload_nchunks=64, shuffle=True, preload_to_gpu=False,
-                    rng=np.random.default_rng(0))
+        raise RuntimeError(f"no annbatch collection at {coll_path}: run the annbatch_convert case first")
+    loader = Loader(batch_size=batch_size, chunk_size=ANNBATCH_CHUNK, preload_nchunks=ANNBATCH_PRELOAD, shuffle=True,
+                    preload_to_gpu=False, rng=np.random.default_rng(0))
     loader.use_collection(DatasetCollection(coll_path, mode="r"))
-    return _epoch((torch.from_numpy(b["X"].toarray()) for b in loader), loader.n_obs)
+    return _epoch((b["X"].toarray() for b in loader), loader.n_obs) | _annbatch_env()
 
 
-def measure(name: str, data: Path, batch_size: int, workers: int, query: str | None = None) -> dict:
-    """Run one loader in a subprocess and sample its process tree's RSS."""
+def measure(name: str, data: Path, batch_size: int, workers: int, query: str | None = None,
+            python: str | None = None) -> dict:
+    """Run one loader in a subprocess (of ``python``: default this interpreter) and sample its process tree's RSS."""
     return run_measured([__file__, "--run-one", name, "--data", str(data), "--batch-size", str(batch_size),
-                         "--workers", str(workers)] + (["--query", query] if query else []))
+                         "--workers", str(workers)] + (["--query", query] if query else []), python=python)
+
+
+def annbatch_python(given: str | None) -> tuple[str | None, str]:
+    """The interpreter that runs annbatch, or ``None`` and the reason it is skipped."""
+    if given:
+        if not (os.path.isfile(given) and os.access(given, os.X_OK)):
+            return None, f"--annbatch-python {given} is not an executable file"
+        return given, ""
+    if importlib.util.find_spec("annbatch"):
+        return sys.executable, ""
+    return None, (f"annbatch is not installed in this Python ({platform.python_version()}) and needs Python >= 3.12; "
+                  "pass --annbatch-python PATH, the python of an environment with annbatch installed")
 
 
 def main() -> None:
@@ -200,31 +241,52 @@ def main() -> None:
     p.add_argument("--only", nargs="*", choices=BASELINES + CENSUS_LOADERS)
     p.add_argument("--census", action="store_true", help="the Census-shaped query case (see above)")
     p.add_argument("--query", help="--census: the obs value filter (default: the lung query)")
-    p.add_argument("--run-one", choices=BASELINES + CENSUS_LOADERS, help=argparse.SUPPRESS)
+    p.add_argument("--annbatch-python", metavar="PATH",
+                   help="python of an environment with annbatch installed (Python >= 3.12; see above)")
+    p.add_argument("--run-one", choices=BASELINES + CENSUS_LOADERS + ("annbatch_convert",), help=argparse.SUPPRESS)
     args = p.parse_args()
     data = args.data or Path(".bench") / f"{'census' if args.census else 'stream'}-{args.cells}-{args.genes}"
     if args.run_one:
         print(json.dumps(run_one(args.run_one, data, args.batch_size, args.workers, args.query)))
         return
+    loaders = args.only or (CENSUS_LOADERS if args.census else BASELINES)
     if args.census:
         prepare_census(data, args.cells, args.genes)
     else:
-        prepare(data, args.cells, args.genes)
+        prepare(data, args.cells, args.genes, soma=any(name in SOMA_LOADERS for name in loaders))
     results = {"cells": args.cells, "genes": args.genes, "query": args.query, "batch_size": args.batch_size,
                "workers": args.workers,
                "machine": f"{platform.node()} {os.cpu_count()} cpu, Python {platform.python_version()}"}
-    for name in args.only or (CENSUS_LOADERS if args.census else BASELINES):
-        results[name] = measure(name, data, args.batch_size, args.workers, args.query)
+    for name in loaders:
+        python = None
+        if name == "annbatch":
+            python, why = annbatch_python(args.annbatch_python)
+            if python is None:
+                results[name] = {"skipped": why}
+                print(f"{name:>18}: skipped: {why}", flush=True)
+                continue
+            c = results["annbatch_convert"] = measure("annbatch_convert", data, args.batch_size, args.workers, python=python)
+            print(f"{'annbatch_convert':>18}: " + (c.get("error") or (
+                f"{c['seconds']:.1f}s ({args.cells / c['seconds']:,.0f} cells/s) into {c['datasets']} dataset(s), "
+                f"{c['disk_mb']:,.0f} MB on disk   peak RSS {c['peak_rss_mb']:>8,.0f} MB   "
+                f"(annbatch {c['annbatch']}, Python {c['python']})")), flush=True)
+            if "error" in c:
+                results[name] = {"skipped": f"the conversion failed: {c['error']}"}
+                continue
+        results[name] = measure(name, data, args.batch_size, args.workers, args.query, python=python)
         r = results[name]
         line = r.get("error") or (f"{r['cells_per_s']:>10,.0f} cells/s ({r['cells_per_s_after_first_batch']:,.0f} after "
                                   f"the first batch at {r['first_batch_s']:.1f}s)   peak RSS {r['peak_rss_mb']:>8,.0f} MB   "
                                   f"peak PSS {r.get('peak_pss_mb', float('nan')):>8,.0f} MB")
         print(f"{name:>18}: {line}", flush=True)
-    base = results.get("tiledbsoma_ml", {})
     cz = results.get("cellweave_zarr", {})
-    if "cells_per_s" in base and "cells_per_s" in cz:
-        results["ratio_zarr_vs_tiledbsoma_ml"] = cz["cells_per_s"] / base["cells_per_s"]
-        print(f"cellweave_zarr / tiledbsoma_ml = {results['ratio_zarr_vs_tiledbsoma_ml']:.2f}x")
+    for base_name in ("tiledbsoma_ml", "annbatch"):
+        base = results.get(base_name, {})
+        if "cells_per_s" in base and "cells_per_s" in cz:
+            ratio = results[f"ratio_zarr_vs_{base_name}"] = cz["cells_per_s"] / base["cells_per_s"]
+            mem = cz["peak_rss_mb"] / base["peak_rss_mb"]
+            print(f"cellweave_zarr / {base_name} = {ratio:.2f}x cells/s, {mem:.2f}x peak RSS; checksums of the first 8 "
+                  f"genes over the epoch: {cz['checksum']:,.1f} vs {base['checksum']:,.1f}")
     cc, bc = results.get("cellweave_census", {}), results.get("tiledbsoma_ml_census", {})
     if "cells_per_s" in cc:
         print(f"query: {cc['query_cells']:,} of {cc['experiment_cells']:,} cells; set-up (query included): "
