@@ -24,13 +24,29 @@ FOSCTTM over all candidates, and the candidate ``learn`` picks. On CITE-seq the 
 real antibody table's and a random table's linked features (column-standardised).
 
     python bench/links.py --transport --cells 1500 --seeds 0 --json .bench/links-transport.json
+
+``--peers``: cellweave's learned links (``learn`` with no table, its default settings, scored in the learned
+canonical space as in ``--transport``) beside published no-correspondence methods at their authors' defaults:
+SCOT v1 (Gromov-Wasserstein), Pamona (partial GW), uniPort (unbalanced OT in a VAE; ``--uniport-iterations``
+caps its 30,000 default iterations) and UnionCom. Every method gets the same inputs: the stream's selected,
+normalised, standardised features (RNA: 300 highly variable genes; ADT: every protein), cells unpaired in store
+order (uniPort: the same features before scaling, MaxAbs-scaled by its own ``batch_scale``). The peers run in
+their own Python environment (``--peer-python``, or ``$CELLWEAVE_PEER_PYTHON``) through ``bench/peers.py``, arrays
+passed as ``.npy`` files; SCOT v1 is not on PyPI, so ``--scot-src`` (or ``$CELLWEAVE_SCOT_SRC``) points at the
+``src`` folder of its authors' repository. A method whose environment is missing is skipped with the reason
+printed. Scored: FOSCTTM of the true twins, ADT <- RNA label transfer (k = 15 vote, simulated data only), seconds.
+
+    python bench/links.py --peers --cells 300 --rho 0.5 0.2 --seeds 0 1 2 --peer-python PEERS_VENV/bin/python \
+        --scot-src SCOT/src --json .bench/links-peers.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -234,6 +250,153 @@ def _print_rows(name: str, rows: list[dict]) -> None:
               f"{r.get('seconds', 0):5.0f}", flush=True)
 
 
+PEERS = ("scot", "pamona", "uniport", "unioncom")
+PEERS_SCRIPT = Path(__file__).resolve().with_name("peers.py")
+
+
+def peer_unavailable(method: str, python: Path | None, scot_src: Path | None) -> str | None:
+    """Why ``method`` cannot run (no peer Python, or no SCOT source), or None when it can."""
+    if python is None:
+        return "no peer Python given (--peer-python or $CELLWEAVE_PEER_PYTHON)"
+    if not Path(python).is_file():
+        return f"peer Python {python} is absent"
+    if method == "scot" and (scot_src is None or not (Path(scot_src) / "scotv1.py").is_file()):
+        return f"scotv1.py not found in --scot-src {scot_src} (SCOT v1 is not on PyPI)"
+    return None
+
+
+def run_peer(method: str, folder: Path, seed: int, args: argparse.Namespace) -> dict:
+    """Run one peer on ``folder``'s ``.npy`` inputs in the peer environment; its embeddings or an error."""
+    cmd = [str(args.peer_python), str(PEERS_SCRIPT), "--method", method, "--dir", str(folder), "--seed", str(seed)]
+    if args.scot_src:
+        cmd += ["--scot-src", str(args.scot_src)]
+    if args.uniport_iterations:
+        cmd += ["--uniport-iterations", str(args.uniport_iterations)]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    info_path = folder / f"{method}.json"
+    if not info_path.exists():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exit {done.returncode}: {tail[0][:200]}", "seconds": time.perf_counter() - t0}
+    info = json.loads(info_path.read_text())
+    if "error" not in info:
+        info["z"] = (np.load(folder / f"{method}_rna.npy"), np.load(folder / f"{method}_adt.npy"))
+    return info
+
+
+def peer_inputs(rna_path: Path, adt_path: Path) -> dict:
+    """The inputs every method gets: streams (for cellweave) and the same rows as dense arrays, store order."""
+    from cellweave.data import CellStream, Preprocess, open_modality
+
+    def dense(path: Path, **kw) -> tuple:
+        stream = CellStream(open_modality(path), 512, shuffle=False, preprocess=Preprocess(**kw), rank=0,
+                            world_size=1)
+        return stream, torch.cat([b.dense() for b in stream]).numpy()
+
+    rna, x_rna = dense(rna_path, n_top_genes=300, scale=True)
+    adt, x_adt = dense(adt_path, scale=True)
+    _, log_rna = dense(rna_path, n_top_genes=300)
+    _, log_adt = dense(adt_path)
+    return {"streams": (rna, adt), "x": (x_rna, x_adt), "log": (log_rna, log_adt)}
+
+
+def small_settings(n: int) -> dict | None:
+    """``learn``'s samples for fewer than 1,600 cells (its defaults: 800 transport, 400 scoring cells per
+    modality), in the proportions ``--transport`` uses on the 200 CITE-seq cells (75 and 50); None (the defaults)
+    for larger data."""
+    return {"n_cells": n, "ot_cells": int(0.375 * n), "quality_cells": n // 4} if n < 1600 else None
+
+
+def peer_rows(inputs: dict, truth: dict, seed: int, args: argparse.Namespace, folder: Path,
+              methods: list[str] | None = None) -> dict[str, dict]:
+    """Each method (default ``args.methods``) on one data set; FOSCTTM against ``truth['order']``, label transfer."""
+    import warnings
+
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from cellweave.links import learn
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, pair in (("", inputs["x"]), ("_log", inputs["log"])):
+        np.save(folder / f"rna{name}.npy", pair[0])
+        np.save(folder / f"adt{name}.npy", pair[1])
+    rows: dict[str, dict] = {}
+    for method in methods or args.methods:
+        if method == "cellweave":
+            t0 = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                res = learn(*inputs["streams"], None, settings=small_settings(len(inputs["x"][0])), seed=seed)
+            p = res.projection
+            row = {"z": (inputs["x"][0] @ p.source + p.source_offset, inputs["x"][1] @ p.target + p.target_offset),
+                   "seconds": time.perf_counter() - t0,
+                   "notes": ["warned: unreliable"] if any("unreliable" in str(w.message) for w in caught) else []}
+        else:
+            reason = peer_unavailable(method, args.peer_python, args.scot_src)
+            if reason:
+                print(f"{method} skipped: {reason}", flush=True)
+                rows[method] = {"skipped": reason}
+                continue
+            row = run_peer(method, folder, seed, args)
+        if "z" in row:
+            zr, za = row.pop("z")
+            za = za[truth["order"]]
+            row["foscttm"] = _twins_foscttm(zr, za)
+            if truth.get("labels") is not None:
+                lr, la = truth["labels"]
+                row["label_transfer"] = float((KNeighborsClassifier(15).fit(zr, lr).predict(za) == la).mean())
+        rows[method] = row
+    return rows
+
+
+def peers_bench(args: argparse.Namespace) -> dict:
+    """The ``--peers`` benchmark (see the module notes)."""
+    import anndata as ad
+
+    out: dict = {}
+    print(f"{'dataset':<24} {'method':<10} {'FOSCTTM':>8} {'transfer':>8} {'s/run':>7}  notes")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for rho in args.rho:
+            for seed in args.seeds:
+                name = f"sim rho={rho} seed={seed}"
+                paths = simulate_atlas(root / name.replace(" ", "_"), args.cells, modalities=("rna", "adt"),
+                                       n_genes=600, n_proteins=40, seed=seed, rho=rho, progress=False)
+                obs = {m: ad.read_zarr(paths[m]).obs for m in ("rna", "adt")}
+                where = {p: i for i, p in enumerate(obs["adt"]["pair_id"].astype(str))}
+                order = np.array([where[p] for p in obs["rna"]["pair_id"].astype(str)])
+                labels = (obs["rna"]["cell_type"].astype(str).to_numpy(),
+                          obs["adt"]["cell_type"].astype(str).to_numpy()[order])
+                rows = peer_rows(peer_inputs(paths["rna"], paths["adt"]), {"order": order, "labels": labels}, seed,
+                                 args, root / f"peers-{len(out)}")
+                out[name] = rows
+                _print_peer_rows(name, rows)
+        if args.cite_seq.exists():
+            data = cite_seq(root, args.cite_seq)
+            inputs = peer_inputs(data["stores"]["rna"], data["stores"]["adt"])
+            n = len(inputs["x"][0])
+            for seed in args.seeds:  # the data do not change with the seed: the peers run at the first one only
+                name = f"cite-seq seed={seed}"
+                methods = args.methods if seed == args.seeds[0] else [m for m in args.methods if m == "cellweave"]
+                out[name] = peer_rows(inputs, {"order": np.arange(n)}, seed, args, root / f"peers-{len(out)}",
+                                      methods)
+                _print_peer_rows(name, out[name])
+        else:
+            print(f"{args.cite_seq} is absent: CITE-seq skipped")
+    return out
+
+
+def _print_peer_rows(name: str, rows: dict[str, dict]) -> None:
+    for method, r in rows.items():
+        def f(key):
+            v = r.get(key)
+            return "-" if v is None else f"{v:.3f}"
+        notes = r.get("skipped") or r.get("error") or "; ".join(r.get("notes", []))
+        print(f"{name:<24} {method:<10} {f('foscttm'):>8} {f('label_transfer'):>8} {r.get('seconds', 0):7.1f}  "
+              f"{notes}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", type=int, default=3000, help="simulated cells per modality")
@@ -244,10 +407,22 @@ def main() -> None:
     p.add_argument("--cite-seq", type=Path, default=CITE_SEQ)
     p.add_argument("--json", type=Path)
     p.add_argument("--transport", action="store_true", help="learned links alone: transport candidates vs truth")
-    p.add_argument("--rho", type=float, nargs="+", default=[0.5, 0.2], help="simulated difficulties (--transport)")
+    p.add_argument("--rho", type=float, nargs="*", default=[0.5, 0.2],
+                   help="simulated difficulties (--transport, --peers; none: CITE-seq only)")
     p.add_argument("--ot-cells", type=int, default=400, help="transport sample per modality (--transport)")
+    p.add_argument("--peers", action="store_true", help="learned links vs published peers (SCOT, Pamona, ...)")
+    p.add_argument("--methods", nargs="+", default=["cellweave", *PEERS], choices=["cellweave", *PEERS],
+                   help="methods of --peers")
+    p.add_argument("--peer-python", type=Path, default=os.environ.get("CELLWEAVE_PEER_PYTHON"),
+                   help="Python of the environment holding the peers (--peers)")
+    p.add_argument("--scot-src", type=Path, default=os.environ.get("CELLWEAVE_SCOT_SRC"),
+                   help="src folder of the SCOT repository, holding scotv1.py (--peers)")
+    p.add_argument("--uniport-iterations", type=int, help="uniPort's training iterations (its default: 30,000)")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.peers:
+        write_json(args.json, {"machine": f"{platform.node()} {os.cpu_count()} cpu", "peers": peers_bench(args)})
+        return
     if args.transport:
         write_json(args.json, {"machine": f"{platform.node()} {os.cpu_count()} cpu", "transport": transport_bench(args)})
         return

@@ -1,0 +1,58 @@
+"""bench/links.py --peers: a peer whose environment is missing is skipped with its reason, a failing one is reported."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def links():
+    sys.path.insert(0, str(BENCH))  # bench scripts import their sibling `measure`
+    try:
+        spec = importlib.util.spec_from_file_location("bench_links", BENCH / "links.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _args(**kw) -> argparse.Namespace:
+    return argparse.Namespace(**({"peer_python": None, "scot_src": None, "uniport_iterations": None,
+                                  "methods": ["pamona", "scot"]} | kw))
+
+
+def test_peer_unavailable_names_the_missing_piece(links, tmp_path):
+    assert "no peer Python" in links.peer_unavailable("pamona", None, None)
+    assert f"{tmp_path / 'nope'} is absent" in links.peer_unavailable("pamona", tmp_path / "nope", None)
+    python = Path(sys.executable)
+    assert links.peer_unavailable("pamona", python, None) is None
+    assert "scotv1.py not found" in links.peer_unavailable("scot", python, tmp_path)
+
+
+def test_peer_rows_skip_every_peer_without_an_environment(links, tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=(20, 5))
+    inputs = {"streams": None, "x": (x, x), "log": (abs(x), abs(x))}
+    rows = links.peer_rows(inputs, {"order": np.arange(20)}, 0, _args(), tmp_path / "run")
+    assert set(rows) == {"pamona", "scot"}
+    assert all("no peer Python" in r["skipped"] for r in rows.values())
+    assert "pamona skipped: no peer Python" in capsys.readouterr().out
+    assert (tmp_path / "run" / "rna.npy").exists() and (tmp_path / "run" / "adt_log.npy").exists()
+
+
+def test_a_failing_peer_is_reported_not_raised(links, tmp_path):
+    """The runner really runs (here under this Python): SCOT's source is missing, so it reports that error."""
+    x = np.random.default_rng(0).normal(size=(20, 5))
+    for name in ("rna", "adt"):
+        np.save(tmp_path / f"{name}.npy", x)
+    row = links.run_peer("scot", tmp_path, 0, _args(peer_python=Path(sys.executable), scot_src=tmp_path / "absent"))
+    assert "scotv1.py not found" in row["error"] and "z" not in row
+    assert row["seconds"] > 0
