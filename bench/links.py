@@ -301,13 +301,6 @@ def peer_inputs(rna_path: Path, adt_path: Path) -> dict:
     return {"streams": (rna, adt), "x": (x_rna, x_adt), "log": (log_rna, log_adt)}
 
 
-def small_settings(n: int) -> dict | None:
-    """``learn``'s samples for fewer than 1,600 cells (its defaults: 800 transport, 400 scoring cells per
-    modality), in the proportions ``--transport`` uses on the 200 CITE-seq cells (75 and 50); None (the defaults)
-    for larger data."""
-    return {"n_cells": n, "ot_cells": int(0.375 * n), "quality_cells": n // 4} if n < 1600 else None
-
-
 def peer_rows(inputs: dict, truth: dict, seed: int, args: argparse.Namespace, folder: Path,
               methods: list[str] | None = None) -> dict[str, dict]:
     """Each method (default ``args.methods``) on one data set; FOSCTTM against ``truth['order']``, label transfer."""
@@ -327,7 +320,7 @@ def peer_rows(inputs: dict, truth: dict, seed: int, args: argparse.Namespace, fo
             t0 = time.perf_counter()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                res = learn(*inputs["streams"], None, settings=small_settings(len(inputs["x"][0])), seed=seed)
+                res = learn(*inputs["streams"], None, seed=seed)  # its defaults cap the samples to small data
             p = res.projection
             row = {"z": (inputs["x"][0] @ p.source + p.source_offset, inputs["x"][1] @ p.target + p.target_offset),
                    "seconds": time.perf_counter() - t0,
