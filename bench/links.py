@@ -37,7 +37,10 @@ passed as ``.npy`` files; SCOT v1 is not on PyPI, so ``--scot-src`` (or ``$CELLW
 printed. Scored: FOSCTTM of the true twins, ADT <- RNA label transfer (k = 15 vote, simulated data only), seconds.
 
     python bench/links.py --peers --cells 300 --rho 0.5 0.2 --seeds 0 1 2 --peer-python PEERS_VENV/bin/python \
-        --scot-src SCOT/src --json .bench/links-peers.json
+        --scot-src SCOT/src --uniport-iterations 1000 --json .bench/links-peers.json
+
+The peers' environment: ``bench/peers-requirements.txt``. ``--merge A.json B.json`` prints the summary of two runs'
+rows together (e.g. cellweave re-run alone with ``--methods cellweave`` after a change, the peers kept).
 """
 
 from __future__ import annotations
@@ -377,7 +380,29 @@ def peers_bench(args: argparse.Namespace) -> dict:
                 _print_peer_rows(name, out[name])
         else:
             print(f"{args.cite_seq} is absent: CITE-seq skipped")
+    out["summary"] = peer_summary(out)
     return out
+
+
+def peer_summary(out: dict[str, dict]) -> dict[str, dict]:
+    """Mean and sd over seeds of each method's FOSCTTM, label transfer and seconds per data set; printed."""
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for name, rows in out.items():
+        for method, r in rows.items():
+            if "foscttm" in r:
+                groups.setdefault(name.split(" seed=")[0], {}).setdefault(method, []).append(r)
+    summary: dict[str, dict] = {}
+    print(f"\n{'dataset':<24} {'method':<10} {'runs':>4} {'FOSCTTM':>16} {'label transfer':>16} {'s/run':>6}")
+    for group, methods in groups.items():
+        for method, rows in methods.items():
+            stats = {"runs": len(rows)}
+            for key in ("foscttm", "label_transfer", "seconds"):
+                v = [r[key] for r in rows if r.get(key) is not None]
+                stats[key] = (float(np.mean(v)), float(np.std(v))) if v else None
+            summary[f"{group} | {method}"] = stats
+            print(f"{group:<24} {method:<10} {len(rows):>4} {fmt(*(stats['foscttm'] or (None, None))):>16} "
+                  f"{fmt(*(stats['label_transfer'] or (None, None))):>16} {stats['seconds'][0]:6.0f}")
+    return summary
 
 
 def _print_peer_rows(name: str, rows: dict[str, dict]) -> None:
@@ -411,8 +436,18 @@ def main() -> None:
     p.add_argument("--scot-src", type=Path, default=os.environ.get("CELLWEAVE_SCOT_SRC"),
                    help="src folder of the SCOT repository, holding scotv1.py (--peers)")
     p.add_argument("--uniport-iterations", type=int, help="uniPort's training iterations (its default: 30,000)")
+    p.add_argument("--merge", type=Path, nargs="+", help="print the --peers summary of these --json files' rows "
+                   "together (a method in a later file replaces it in an earlier one), e.g. after re-running one")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.merge:
+        rows: dict[str, dict] = {}
+        for path in args.merge:
+            for name, methods in json.loads(path.read_text())["peers"].items():
+                if name != "summary":
+                    rows.setdefault(name, {}).update(methods)
+        write_json(args.json, {"merged": [str(p) for p in args.merge], "peers": rows | {"summary": peer_summary(rows)}})
+        return
     if args.peers:
         write_json(args.json, {"machine": f"{platform.node()} {os.cpu_count()} cpu", "peers": peers_bench(args)})
         return

@@ -56,3 +56,16 @@ def test_a_failing_peer_is_reported_not_raised(links, tmp_path):
     row = links.run_peer("scot", tmp_path, 0, _args(peer_python=Path(sys.executable), scot_src=tmp_path / "absent"))
     assert "scotv1.py not found" in row["error"] and "z" not in row
     assert row["seconds"] > 0
+
+
+def test_peer_summary_averages_each_method_over_seeds(links):
+    out = {"sim rho=0.5 seed=0": {"scot": {"foscttm": 0.1, "label_transfer": 0.9, "seconds": 2.0},
+                                  "pamona": {"skipped": "no peer Python"}},
+           "sim rho=0.5 seed=1": {"scot": {"foscttm": 0.3, "label_transfer": 0.5, "seconds": 4.0}},
+           "cite-seq seed=0": {"scot": {"foscttm": 0.4, "label_transfer": None, "seconds": 1.0}}}
+    s = links.peer_summary(out)
+    assert set(s) == {"sim rho=0.5 | scot", "cite-seq | scot"}
+    assert s["sim rho=0.5 | scot"]["runs"] == 2
+    assert s["sim rho=0.5 | scot"]["foscttm"] == pytest.approx((0.2, 0.1))
+    assert s["sim rho=0.5 | scot"]["label_transfer"] == pytest.approx((0.7, 0.2))
+    assert s["cite-seq | scot"]["label_transfer"] is None
