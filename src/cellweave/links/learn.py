@@ -8,23 +8,25 @@ refinement, on bounded memory:
    subsample of ``n_cells`` cells is read. A stratified share of it (``quality_cells``) is held out to score the
    result; the rest is the *fit* sample.
 2. **First pivots.** Without any linked feature, ``ot_cells`` cells per modality (stratified) are coupled by
-   entropic Gromov-Wasserstein transport between their k-NN-graph geodesic distances
-   (:mod:`~cellweave.links.transport`), which needs no shared feature; each coupled source cell pivots with its
-   coupling-weighted mean target cell. With weak links (a handful of shared markers, each smoothed over the
+   Gromov-Wasserstein transport between their within-modality distances (:mod:`~cellweave.links.transport`:
+   ``ot_starts`` exact starts, the lowest loss kept, then an entropic step ``ot_epsilon``), which needs no shared
+   feature; each coupled source cell pivots with its coupling-weighted mean target cell. With weak links (a handful of shared markers, each smoothed over the
    cell's nearest neighbours) cells are matched one to one on them (:func:`~cellweave.links.pivots.match_blocks`),
    or, with ``first_pivots="transport"``, the transport is *fused* with the linked features' distances.
 3. **CCA.** Regularised CCA (:func:`~cellweave.links.cca.fit_cca`) of the pivots' reduced features, fitted on
    a training share of the pivots; each canonical pair's correlation is also measured on the held-out share,
-   and the pairs that hold up there (``>= min_correlation``) are chosen.
+   and the pairs that hold up there (``>= min_correlation``) are chosen. After transport, at most
+   ``ot_components`` pairs with ridge ``ot_ridge``: the transport's pivots are smooth (coupling-weighted means), so
+   every pair holds up on held-out pivots, and the weak ones only add noise (on simulated twins the first CCA's
+   FOSCTTM goes from about 0.06 with 3-5 pairs to 0.1-0.2 with 10 and more at ridge 0.05).
 4. **Refine.** Fit cells are re-matched one to one on their smoothed scores of the chosen pairs, the worst
    matches dropped, and CCA refitted, ``n_iter`` times.
-5. **Score and choose** (no labels, no pairs). Steps 2-4 run on two independent transport samples for every
-   neighbourhood size ``ot_neighbors`` x entropic regularisation ``ot_epsilon``. Held-out cells of both
-   modalities are projected by either result and matched one to one; the *quality*
-   (:func:`~cellweave.links.transport.alignment_quality`: does the matching keep both modalities' geodesic
-   distances?) picks the result, and the *agreement* of the two samples' results
-   (:func:`~cellweave.links.transport.partner_agreement`: are a cell's partners under both close in the target
-   modality?) is reported. Below ``min_quality`` or ``min_agreement`` a warning
+5. **Score and choose** (no labels, no pairs). Steps 2-4 run on ``ot_samples`` transport samples for every
+   geometry (``ot_metric`` x ``ot_neighbors``). Held-out cells of both modalities are projected by each result
+   and matched one to one; the *quality* (:func:`~cellweave.links.transport.alignment_quality`: does the matching
+   keep both modalities' geodesic distances?) picks the result, and the *agreement* of the best results of two
+   different samples (:func:`~cellweave.links.transport.partner_agreement`: are a cell's partners under both
+   close in the target modality?) is reported, with the coupling's GW distortion. Below ``min_quality`` or ``min_agreement`` a warning
    (:class:`UnreliableAlignmentWarning`) says that the alignment is unreliable.
 
 The chosen canonical directions, folded through the PCA, become one :class:`LinkProjection` of each modality's
@@ -39,7 +41,7 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +59,14 @@ from .feature_links import FeatureLinks
 from .pivots import drop_worst, match_blocks, neighbor_graph, smooth
 from .projection import LinkProjection
 from .transport import (
+    METRICS,
     alignment_quality,
     barycentric,
-    cluster_start,
-    entropic_gw,
+    cell_distances,
     feature_cost,
     geodesic_distances,
+    gromov_wasserstein,
     partner_agreement,
-    random_start,
     stratified_sample,
 )
 
@@ -74,8 +76,6 @@ log = logging.getLogger(__name__)
 MIN_PIVOTS = 20
 #: k-NN graph size of the held-out cells' geodesic distances that score every alignment.
 QUALITY_NEIGHBORS = 15
-#: Clusters per modality and exact-GW starts of the cluster-level coupling that starts the transport.
-CLUSTERS, CLUSTER_STARTS = 30, 20
 #: Source rows scored at a time in :meth:`LearnedLinks.feature_links`.
 _SCORE_BLOCK = 1024
 #: Cells read at a time when sampling.
@@ -118,12 +118,17 @@ class LearnSettings:
         ``"transport"``: fused Gromov-Wasserstein transport. Without links, always (plain) transport.
     ot_cells
         Cells per modality in the transport (memory: a few ``ot_cells^2`` float64 matrices).
-    ot_neighbors, ot_epsilon
-        Candidate k-NN graph sizes and entropic regularisations; every combination is tried and the one of best
-        alignment quality kept.
+    ot_metric, ot_neighbors
+        Candidate within-modality geometries: metrics (``"euclidean"``, ``"cosine"``) x k-NN graph sizes
+        (0: the distances themselves, no graph); every combination is tried on every sample.
+    ot_epsilon
+        Entropic regularisation of the last transport step (0: exact GW only).
     ot_starts
-        Transport starts per candidate (a cluster-level GW coupling, the independent coupling, then random ones);
-        the lowest GW loss is kept.
+        Exact-GW starts per transport (the independent coupling, then random ones); the lowest loss is kept.
+    ot_samples
+        Independent transport samples (their best results give the agreement).
+    ot_components, ot_ridge
+        Most canonical pairs, and the CCA ridge, of the rounds after transport.
     fused_alpha
         Weight of the geometry (vs the linked features' distances) in fused transport, in [0, 1].
     quality_cells
@@ -144,10 +149,14 @@ class LearnSettings:
     holdout: float = 0.2
     min_correlation: float = 0.3
     first_pivots: str = "links"
-    ot_cells: int = 800
-    ot_neighbors: list[int] = field(default_factory=lambda: [15, 40])
-    ot_epsilon: list[float] = field(default_factory=lambda: [2e-3, 5e-3, 1e-2])
-    ot_starts: int = 3
+    ot_cells: int = 400
+    ot_metric: list[str] = field(default_factory=lambda: ["euclidean", "cosine"])
+    ot_neighbors: list[int] = field(default_factory=lambda: [0])
+    ot_epsilon: float = 5e-3
+    ot_starts: int = 20
+    ot_samples: int = 3
+    ot_components: int = 5
+    ot_ridge: float = 0.5
     fused_alpha: float = 0.5
     quality_cells: int = 400
     min_quality: float = 0.45
@@ -161,7 +170,7 @@ class LearnSettings:
         if unknown:
             raise InputError(source, unknown[0], "unknown learned-links setting", f"use one of: {', '.join(sorted(known))}")
         values = dict(values)
-        for name in ("ot_neighbors", "ot_epsilon"):  # a single value is a one-candidate list
+        for name in ("ot_neighbors", "ot_metric"):  # a single value is a one-candidate list
             if name in values and not isinstance(values[name], (list, tuple)):
                 values[name] = [values[name]]
         return cls(**values).checked(source)
@@ -176,10 +185,13 @@ class LearnSettings:
                  ("min_correlation", -1 <= self.min_correlation <= 1, "in [-1, 1]"),
                  ("first_pivots", self.first_pivots in ("transport", "links"), "to 'transport' or 'links'"),
                  ("ot_cells", self.ot_cells >= MIN_PIVOTS, f">= {MIN_PIVOTS}"),
-                 ("ot_neighbors", len(self.ot_neighbors) > 0 and all(int(k) == k and k >= 1 for k in self.ot_neighbors),
-                  "to a list of integers >= 1"),
-                 ("ot_epsilon", len(self.ot_epsilon) > 0 and all(e > 0 for e in self.ot_epsilon), "to a list of values > 0"),
-                 ("ot_starts", self.ot_starts >= 1, ">= 1"),
+                 ("ot_metric", len(self.ot_metric) > 0 and all(m in METRICS for m in self.ot_metric),
+                  f"to a list of: {', '.join(METRICS)}"),
+                 ("ot_neighbors", len(self.ot_neighbors) > 0 and all(int(k) == k and k >= 0 for k in self.ot_neighbors),
+                  "to a list of integers >= 0"),
+                 ("ot_epsilon", self.ot_epsilon >= 0, ">= 0"),
+                 ("ot_starts", self.ot_starts >= 1, ">= 1"), ("ot_samples", self.ot_samples >= 1, ">= 1"),
+                 ("ot_components", self.ot_components >= 1, ">= 1"), ("ot_ridge", self.ot_ridge >= 0, ">= 0"),
                  ("fused_alpha", 0 <= self.fused_alpha <= 1, "in [0, 1]"),
                  ("quality_cells", self.quality_cells >= 10, ">= 10"),
                  ("min_quality", -1 <= self.min_quality <= 1, "in [-1, 1]"),
@@ -192,30 +204,29 @@ class LearnSettings:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One transport setting tried by :func:`learn` and how its alignment scored.
+    """One transport tried by :func:`learn` (a sample x a geometry) and how its alignment scored.
 
     Attributes
     ----------
-    neighbors, epsilon
-        k-NN graph size and entropic regularisation.
+    sample
+        Which transport sample (0 .. ``ot_samples - 1``).
+    metric, neighbors
+        Within-modality geometry (:func:`~cellweave.links.transport.cell_distances`).
     gw_loss
-        Gromov-Wasserstein loss of the coupling (comparable only between couplings of the same graphs).
-    gw_iter, converged
-        Transport steps taken and whether the coupling converged.
+        Gromov-Wasserstein loss of the coupling (comparable only between couplings of the same distances).
+    distortion
+        The loss relative to the independent coupling's (comparable between geometries; lowest is chosen).
     quality
-        :func:`~cellweave.links.transport.alignment_quality` of the final alignment on the held-out cells.
-    agreement
-        :func:`~cellweave.links.transport.partner_agreement` of the alignments learned from two independent
-        transport samples.
+        :func:`~cellweave.links.transport.alignment_quality` of the candidate's final alignment on the
+        quality cells.
     """
 
+    sample: int
+    metric: str
     neighbors: int
-    epsilon: float
     gw_loss: float
-    gw_iter: int
-    converged: bool
+    distortion: float
     quality: float
-    agreement: float
 
 
 @dataclass(frozen=True)
@@ -296,6 +307,7 @@ class LearnedLinks:
     quality: float = float("nan")
     agreement: float = float("nan")
     candidates: list[Candidate] = field(default_factory=list)
+    distortion: float = float("nan")
 
     @property
     def reliable(self) -> bool:
@@ -312,13 +324,12 @@ class LearnedLinks:
         """A printable account: pivots and correlations per round, and the chosen pairs."""
         lines = [(f"learned links {self.source_modality} -> {self.target_modality}: {len(self.components)} canonical "
                   f"pairs chosen, first pivots from {self.initial}, alignment quality {self.quality:.3f}, "
-                  f"agreement {self.agreement:.3f}"
+                  f"agreement {self.agreement:.3f}, GW distortion {self.distortion:.3f}"
                   + ("" if self.reliable else f" (UNRELIABLE: quality below {self.settings.min_quality} or agreement "
                                               f"below {self.settings.min_agreement})"))]
         for c in self.candidates:
-            lines.append(f"  transport k={c.neighbors} epsilon={c.epsilon:g}: GW loss {c.gw_loss:.4g} "
-                         f"({c.gw_iter} steps{'' if c.converged else ', not converged'}), quality {c.quality:.3f}, "
-                         f"agreement {c.agreement:.3f}")
+            lines.append(f"  transport sample {c.sample} {c.metric} k={c.neighbors}: GW loss {c.gw_loss:.4g}, "
+                         f"distortion {c.distortion:.3f}, quality {c.quality:.3f}")
         for r in self.history:
             corr = " ".join(f"{c:.2f}" for c in r.correlations[:8])
             held = " ".join(f"{c:.2f}" for c in r.heldout[:8])
@@ -376,7 +387,7 @@ class LearnedLinks:
         meta = {"source_modality": self.source_modality, "target_modality": self.target_modality,
                 "initial": self.initial, "settings": asdict(self.settings),
                 "history": [asdict(r) for r in self.history], "quality": self.quality, "agreement": self.agreement,
-                "candidates": [asdict(c) for c in self.candidates]}
+                "candidates": [asdict(c) for c in self.candidates], "distortion": self.distortion}
         p = self.projection
         arrays = {"source_projection": p.source, "target_projection": p.target, "source_offset": p.source_offset,
                   "target_offset": p.target_offset, "components": self.components, "correlations": self.correlations,
@@ -416,7 +427,8 @@ class LearnedLinks:
                    a["target_features"].tolist(), projection, a["components"], a["correlations"],
                    a["heldout_correlations"], a["source_loadings"], a["target_loadings"],
                    [LearnRound(**r) for r in meta["history"]], meta["initial"], LearnSettings(**meta["settings"]),
-                   meta["quality"], meta["agreement"], [Candidate(**c) for c in meta["candidates"]])
+                   meta["quality"], meta["agreement"], [Candidate(**c) for c in meta["candidates"]],
+                   meta.get("distortion", float("nan")))
 
 
 @dataclass
@@ -507,6 +519,7 @@ class _Fit:
     history: list[LearnRound]
     quality: float = float("nan")
     agreement: float = float("nan")
+    distortion: float = float("nan")
 
 
 def _rounds(s: _Sample, t: _Sample, first: tuple[np.ndarray, np.ndarray], matched_on: str, n_matched: int,
@@ -544,46 +557,38 @@ def _transport_fits(s: _Sample, t: _Sample, linked: tuple[np.ndarray, np.ndarray
                     graphs: list[np.ndarray | None], qs: _Sample, qt: _Sample, geometry: tuple[np.ndarray, np.ndarray],
                     cfg: LearnSettings, rng: np.random.Generator, names: tuple[str, str],
                     progress: bool) -> tuple[_Fit, list[Candidate]]:
-    """Every candidate transport, on two independent samples, run through the rounds and scored; the fit of best
-    quality and every candidate's scores."""
-    n_ot = min(cfg.ot_cells, len(s.x) // 2, len(t.x) // 2)
-    first = [stratified_sample(x.reduced, n_ot, rng) for x in (s, t)]
-    second = [stratified_sample(x.reduced, n_ot, rng, exclude=f) for x, f in zip((s, t), first)]
+    """Every transport sample x geometry, run through the rounds and scored; the fit of least distortion (with its
+    agreement with the best fit of another sample) and every candidate's scores."""
+    n_ot = min(cfg.ot_cells, len(s.x), len(t.x))
+    samples = [(stratified_sample(s.reduced, n_ot, rng), stratified_sample(t.reduced, n_ot, rng))
+               for _ in range(cfg.ot_samples)]
+    geometries = [(m, int(k)) for m in dict.fromkeys(cfg.ot_metric) for k in dict.fromkeys(cfg.ot_neighbors)]
     matched_on = "transport" if linked is None else "fused transport"
-    best: tuple[float, _Fit] | None = None
+    rounds_cfg = replace(cfg, n_components=min(cfg.n_components, cfg.ot_components), ridge=cfg.ot_ridge)
+    fits: list[tuple[int, float, _Fit]] = []
     candidates = []
-    bar = tqdm(total=len(cfg.ot_neighbors) * len(cfg.ot_epsilon), desc=f"transport {names[0]} -> {names[1]}",
-               disable=not progress)
-    for k in dict.fromkeys(int(k) for k in cfg.ot_neighbors):
-        geo = [[geodesic_distances(x.reduced[i], k) for x, i in zip((s, t), sample)] for sample in (first, second)]
-        costs = [None if linked is None else feature_cost(linked[0][ia], linked[1][ib]) for ia, ib in (first, second)]
-        for eps in cfg.ot_epsilon:
-            fits, gws = [], []
-            for (ia, ib), (ca, cb), cost in zip((first, second), geo, costs):
-                gw = None
-                for start in range(cfg.ot_starts):  # non-convex: cluster-level start, independent, random; lowest loss
-                    g0 = (cluster_start(s.reduced[ia], t.reduced[ib], CLUSTERS, CLUSTER_STARTS, rng) if start == 0
-                          else None if start == 1 else random_start(len(ia), len(ib), rng))
-                    run = entropic_gw(ca, cb, float(eps), feature_cost=cost, alpha=cfg.fused_alpha, start=g0)
-                    if gw is None or run.loss < gw.loss:
-                        gw = run
-                res = _rounds(s, t, (s.reduced[ia], barycentric(gw.coupling, t.reduced[ib])), matched_on, len(ia),
-                              graphs, cfg, rng, names)
-                res.quality = _quality(res, qs, qt, geometry)
-                fits.append(res)
-                gws.append(gw)
-            agreement = partner_agreement(*(_shared(f, qs, qt) for f in fits), geometry[1])
-            j = int(fits[1].quality > fits[0].quality)
-            pick, gw = fits[j], gws[j]
-            pick.agreement = agreement
-            candidates.append(Candidate(k, float(eps), round(gw.loss, 6), gw.n_iter, gw.converged,
-                                        round(pick.quality, 4), round(agreement, 4)))
-            if best is None or (pick.quality, agreement) > (best[1].quality, best[0]):
-                best = (agreement, pick)
+    bar = tqdm(total=len(samples) * len(geometries), desc=f"transport {names[0]} -> {names[1]}", disable=not progress)
+    for j, (ia, ib) in enumerate(samples):
+        cost = None if linked is None else feature_cost(linked[0][ia], linked[1][ib])
+        for metric, k in geometries:
+            ca, cb = cell_distances(s.reduced[ia], metric, k), cell_distances(t.reduced[ib], metric, k)
+            gw = gromov_wasserstein(ca, cb, cfg.ot_epsilon, cfg.ot_starts, rng, feature_cost=cost,
+                                    alpha=cfg.fused_alpha)
+            res = _rounds(s, t, (s.reduced[ia], barycentric(gw.coupling, t.reduced[ib])), matched_on, len(ia),
+                          graphs, rounds_cfg, rng, names)
+            res.quality = _quality(res, qs, qt, geometry)
+            fits.append((j, gw.distortion, res))
+            candidates.append(Candidate(j, metric, k, round(gw.loss, 6), round(gw.distortion, 4),
+                                        round(res.quality, 4)))
             bar.update()
-        del geo
     bar.close()
-    return best[1], candidates
+    order = sorted(range(len(fits)), key=lambda i: -fits[i][2].quality)
+    best = fits[order[0]]
+    others = [fits[i] for i in order if fits[i][0] != best[0]]
+    if others:  # the best alignment of another sample: do both give the same partners?
+        best[2].agreement = partner_agreement(_shared(best[2], qs, qt), _shared(others[0][2], qs, qt), geometry[1])
+    best[2].distortion = best[1]
+    return best[2], candidates
 
 
 def _shared(res: _Fit, s: _Sample, t: _Sample) -> tuple[np.ndarray, np.ndarray]:
@@ -690,4 +695,5 @@ def _result(s: _Sample, t: _Sample, res: _Fit, initial: str, features: tuple[lis
     v = fit.transform_y(t.reduced)[:, chosen]
     return LearnedLinks(names[0], names[1], list(features[0]), list(features[1]), projection, chosen,
                         fit.correlations[chosen], res.heldout[chosen], _loadings(s.x, u), _loadings(t.x, v),
-                        res.history, initial, cfg, float(res.quality), float(res.agreement), candidates)
+                        res.history, initial, cfg, float(res.quality), float(res.agreement), candidates,
+                        float(res.distortion))
