@@ -402,6 +402,8 @@ def test_no_pivots_and_bad_inputs_are_refused(atlas, weak, tmp_path):
         learn(adt, rna, weak, settings={"n_cell": 10})
     with pytest.raises(InputError, match="drop"):
         learn(adt, rna, weak, settings={"drop": 1.0})
+    with pytest.raises(InputError, match="ot_epsilon.*one value"):
+        learn(adt, rna, weak, settings={"ot_epsilon": [1e-3, 1e-2]})
 
 
 # ---------------------------------------------------------------- scMODAL with learned links
@@ -524,8 +526,7 @@ def test_cite_seq_with_names_hidden_is_aligned_or_flagged(tmp_path):
     x_rna, x_adt = _all_rows(rna), _all_rows(adt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = learn(rna, adt, None, settings={"n_cells": 200, "ot_cells": 75, "quality_cells": 50, "ot_starts": 2,
-                                              "ot_epsilon": [5e-3, 1e-2]})
+        res = learn(rna, adt, None, settings={"n_cells": 200, "quality_cells": 50})
     warned = any(issubclass(w.category, UnreliableAlignmentWarning) for w in caught)
     p = res.projection
 
@@ -550,21 +551,19 @@ def test_cite_seq_with_names_hidden_is_aligned_or_flagged(tmp_path):
     assert (learned < random - 0.1 and learned < real + 0.1) or warned
 
 
-@pytest.mark.slow  # three 1,500-cell atlases, the full transport grid: ~5 min on one core
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_simulated_rna_adt_names_hidden_meets_the_target_or_warns(tmp_path, seed):
-    """Learned links only, RNA vs ADT twins: FOSCTTM < 0.25 and label transfer > 0.8 in the learned space, or the
-    unreliable-alignment warning. (bench/RESULTS.md: seeds 0 and 2 meet the target, seed 1 does not and warns.)"""
+def _names_hidden(root, n_cells: int, n_genes: int, n_proteins: int, settings: dict, seed: int):
+    """learn(rna -> adt, no links) on a simulated atlas of twins; FOSCTTM and ADT <- RNA label transfer (kNN 15) in
+    the learned space, the result and whether it warned."""
     from sklearn.neighbors import KNeighborsClassifier
 
     import anndata as ad
 
-    paths = simulate_atlas(tmp_path / "atlas", 1500, modalities=("rna", "adt"), n_genes=600, n_proteins=40, seed=seed,
+    paths = simulate_atlas(root, n_cells, modalities=("rna", "adt"), n_genes=n_genes, n_proteins=n_proteins, seed=seed,
                            progress=False)
     adt, rna = _streams(paths)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = learn(rna, adt, None, settings={"ot_cells": 400, "ot_starts": 2}, seed=seed)
+        res = learn(rna, adt, None, settings=settings, seed=seed)
     warned = any(issubclass(w.category, UnreliableAlignmentWarning) for w in caught)
     obs = {m: ad.read_zarr(paths[m]).obs for m in ("rna", "adt")}
     assert (obs["rna"]["pair_id"].to_numpy() == obs["adt"]["pair_id"].to_numpy()).all()  # twins in the same rows
@@ -575,5 +574,21 @@ def test_simulated_rna_adt_names_hidden_meets_the_target_or_warns(tmp_path, seed
     acc = float((KNeighborsClassifier(15).fit(zr, obs["rna"]["cell_type"].astype(str))
                  .predict(za) == obs["adt"]["cell_type"].astype(str).to_numpy()).mean())
     print(f"\nseed {seed}: FOSCTTM {fos:.3f}, label transfer {acc:.3f}, quality {res.quality:.3f}, "
-          f"agreement {res.agreement:.3f}, warned {warned}")
-    assert (fos < 0.25 and acc > 0.8) or warned
+          f"agreement {res.agreement:.3f}, distortion {res.distortion:.3f}, warned {warned}")
+    return fos, acc, res, warned
+
+
+def test_simulated_rna_adt_names_hidden_meets_the_target_fast(tmp_path):
+    """One small atlas (800 twins, 300 genes, 30 proteins), 200 transport cells, 2 samples: the issue's target."""
+    settings = {"ot_cells": 200, "ot_starts": 10, "ot_samples": 2, "quality_cells": 150, "n_iter": 2}
+    fos, acc, res, warned = _names_hidden(tmp_path / "atlas", 800, 300, 30, settings, seed=0)
+    assert fos < 0.25 and acc > 0.8 and not warned and res.reliable
+
+
+@pytest.mark.slow  # three 1,500-cell atlases, 3 transport samples x 2 metrics of 400 cells: ~2 min each on one core
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_simulated_rna_adt_names_hidden_meets_the_target(tmp_path, seed):
+    """Learned links only (default settings), RNA vs ADT twins: FOSCTTM < 0.25 and label transfer > 0.8 in the
+    learned space, without the unreliable-alignment warning."""
+    fos, acc, res, warned = _names_hidden(tmp_path / "atlas", 1500, 600, 40, {}, seed)
+    assert fos < 0.25 and acc > 0.8 and not warned

@@ -189,7 +189,7 @@ class LearnSettings:
                   f"to a list of: {', '.join(METRICS)}"),
                  ("ot_neighbors", len(self.ot_neighbors) > 0 and all(int(k) == k and k >= 0 for k in self.ot_neighbors),
                   "to a list of integers >= 0"),
-                 ("ot_epsilon", self.ot_epsilon >= 0, ">= 0"),
+                 ("ot_epsilon", isinstance(self.ot_epsilon, (int, float)) and self.ot_epsilon >= 0, "to one value >= 0"),
                  ("ot_starts", self.ot_starts >= 1, ">= 1"), ("ot_samples", self.ot_samples >= 1, ">= 1"),
                  ("ot_components", self.ot_components >= 1, ">= 1"), ("ot_ridge", self.ot_ridge >= 0, ">= 0"),
                  ("fused_alpha", 0 <= self.fused_alpha <= 1, "in [0, 1]"),
