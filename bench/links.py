@@ -17,7 +17,7 @@ label-transfer accuracy (k = 15 vote) are averaged over seeds.
 
 ``--transport``: the learned links alone, without training a model (feature names play no part in them). For
 simulated atlases at several difficulties (``rho``: how much of a protein comes from its gene) and the CITE-seq
-file, every transport candidate (k-NN size x entropic regularisation) is learned on its own and scored in the
+file, every transport geometry (metric x k-NN size) is learned on its own and scored in the
 learned canonical space against the truth (FOSCTTM of twins, ADT <- RNA label transfer, k = 15) beside its
 unsupervised signals (two-sample agreement, geometry quality), with the Spearman correlation of each signal with
 FOSCTTM over all candidates, and the candidate ``learn`` picks. On CITE-seq the learned space is compared with the
@@ -166,7 +166,7 @@ def transport_rows(rna_path: Path, adt_path: Path, settings: dict, seed: int, tr
     x_rna = torch.cat([b.dense() for b in rna]).numpy()
     x_adt = torch.cat([b.dense() for b in adt]).numpy()[truth["order"]]
     base = LearnSettings.from_dict(settings)
-    grid = [{"ot_neighbors": [k], "ot_epsilon": [e]} for k in base.ot_neighbors for e in base.ot_epsilon]
+    grid = [{"ot_metric": [m], "ot_neighbors": [k]} for m in base.ot_metric for k in base.ot_neighbors]
     rows = []
     for one in [*grid, {}]:
         t0 = time.perf_counter()
@@ -176,7 +176,7 @@ def transport_rows(rna_path: Path, adt_path: Path, settings: dict, seed: int, tr
             res = learn(rna, adt, None, settings=settings | one, seed=seed)
         p = res.projection
         zr, za = x_rna @ p.source + p.source_offset, x_adt @ p.target + p.target_offset
-        row = {"candidate": f"k={one['ot_neighbors'][0]} eps={one['ot_epsilon'][0]:g}" if one else "auto (learn)",
+        row = {"candidate": f"{one['ot_metric'][0]} k={one['ot_neighbors'][0]}" if one else "auto (learn)",
                "foscttm": _twins_foscttm(zr, za), "agreement": res.agreement, "quality": res.quality,
                "warned": any("unreliable" in str(w.message) for w in caught), "seconds": time.perf_counter() - t0}
         if truth.get("labels") is not None:
@@ -194,7 +194,7 @@ def transport_bench(args: argparse.Namespace) -> dict:
     from cellweave.links import protein_to_gene
 
     out: dict = {}
-    settings = {"ot_cells": args.ot_cells, "ot_starts": 2}
+    settings = {"ot_cells": args.ot_cells}
     print(f"{'dataset':<22} {'candidate':<16} {'FOSCTTM':>8} {'transfer':>8} {'agreement':>9} {'quality':>8} warn  s/run")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -212,7 +212,7 @@ def transport_bench(args: argparse.Namespace) -> dict:
                 _print_rows(name, out[name])
         if args.cite_seq.exists():
             data = cite_seq(root, args.cite_seq)
-            small = settings | {"n_cells": 200, "ot_cells": 75, "quality_cells": 50}
+            small = settings | {"n_cells": 200, "quality_cells": 50}
             rows = transport_rows(data["stores"]["rna"], data["stores"]["adt"], small, 0,
                                   {"order": np.arange(200)})
             # the real antibody table and a random one, in their own (standardised) linked-feature space
