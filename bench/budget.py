@@ -41,7 +41,6 @@ from measure import write_json
 from cellweave.models import METHODS
 from cellweave.models.run import read_config
 from cellweave.simulate import simulate_atlas
-from cellweave.train import checkpoint
 from cellweave.train.budget import resolve_budget
 from cellweave.train.convergence import Convergence, replay_stop
 from cellweave.train.trainer import CHECKPOINT
@@ -64,14 +63,6 @@ def real(root: Path) -> dict:
         return {"stores": {"rna": root / "cite_rna.zarr", "adt": root / "cite_adt.zarr"}, "table": "auto",
                 "pair_key": None, "label_key": None}
     return cite_seq(root, CITE_SEQ)
-
-
-def clear_stop(run_dir: Path) -> None:
-    """Let a run that stopped (converged, or early on its validation loss) be resumed past its stop."""
-    path = run_dir / CHECKPOINT
-    payload = checkpoint.load(path)
-    payload["loop"] |= {"converged": False, "stopped_early": False}
-    checkpoint.save(path, payload)
 
 
 def run_curve(data: dict, method: str, steps: list[int], seed: int, run_dir: Path) -> list[dict]:
@@ -117,8 +108,7 @@ def run_curve(data: dict, method: str, steps: list[int], seed: int, run_dir: Pat
         if point == "auto" and n in steps:  # the curve point n comes from the same run, its stops off
             if result.stop_reason == "max_steps" and result.step == n:
                 rows.append(row | {"point": "curve"})
-            else:
-                clear_stop(run_dir)
+            else:  # resumed with the stops off, the run trains on past them
                 model = METHODS[method].from_settings(data["stores"], {"links": data["table"], "seed": seed})
                 result = model.fit(n, run_dir=run_dir, progress=False, resume=True, **stops_off)
                 rows.append({"steps": result.step, "point": "curve", "stop_reason": result.stop_reason,
@@ -126,8 +116,6 @@ def run_curve(data: dict, method: str, steps: list[int], seed: int, run_dir: Pat
                              "seconds": time.perf_counter() - t0})
                 print(f"  {method} seed {seed} step {result.step:>5} curve: FOSCTTM {rows[-1]['foscttm']:.3f}", flush=True)
             write_json(path, rows)
-        elif point == "auto" and result.stop_reason != "max_steps":
-            clear_stop(run_dir)
     return rows
 
 

@@ -104,10 +104,10 @@ def store(tmp_path_factory):
 RULE = Convergence(window=20, rel_tol=0.05, patience=2, min_steps=60)
 
 
-def train(store, max_steps: int, run_dir, resume: bool = False) -> tuple[TinyAE, object]:
+def train(store, max_steps: int, run_dir, resume: bool = False, rule: Convergence | None = RULE) -> tuple[TinyAE, object]:
     torch.manual_seed(0)
     module = TinyAE()
-    trainer = Trainer(max_steps, device="cpu", seed=1, run_dir=run_dir, progress=False, convergence=RULE,
+    trainer = Trainer(max_steps, device="cpu", seed=1, run_dir=run_dir, progress=False, convergence=rule,
                       checkpoint_minutes=None)
     return module, trainer.fit(module, CellStream(store, 32, seed=2), resume=resume)
 
@@ -127,8 +127,17 @@ def test_trainer_stops_where_the_rule_says_and_resume_stops_there_too(store, tmp
     assert again.step == result.step and again.stop_reason == "converged"
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    off = Trainer(result.step + 40, device="cpu", seed=1, progress=False, checkpoint_minutes=None)
-    assert off.fit(TinyAE(), CellStream(store, 32, seed=2)).stop_reason == "max_steps"
+    off, longer = train(store, result.step + 40, tmp_path / "off", rule=None)
+    assert longer.stop_reason == "max_steps" and longer.step == result.step + 40
+    # the converged run resumed with the rule off trains on, exactly as the run that never had the rule
+    resumed, past = train(store, result.step + 40, tmp_path / "full", resume=True, rule=None)
+    assert past.step == result.step + 40 and past.stop_reason == "max_steps"
+    for a, b in zip(off.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    def logged(path):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows(path)]
+
+    assert logged(past.history_path) == logged(longer.history_path)
 
 
 # ---------------------------------------------------------------- time-based checkpoints

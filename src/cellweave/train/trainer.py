@@ -277,7 +277,9 @@ class Trainer:
             :meth:`TrainingModule.validation_step`).
         resume
             Continue the run saved in ``run_dir/checkpoint.pt`` exactly where it stopped (same batches, same
-            random numbers); ``max_steps`` may be larger than the checkpoint's.
+            random numbers); ``max_steps`` may be larger than the checkpoint's. A run that stopped converged or
+            early continues past its stop when resumed with that rule off (``convergence=None``,
+            ``early_stopping_patience=None``): the rules decide when to stop, never what is trained.
 
         Returns
         -------
@@ -334,6 +336,8 @@ class Trainer:
                 opt.load_state_dict(payload["optimizers"][name])
             scaler.load_state_dict(payload["scaler"])
             st = _State(**payload["loop"])
+            st.converged = st.converged and self.convergence is not None  # a stop holds only while its rule is on
+            st.stopped_early = st.stopped_early and self.patience is not None
             ctx.step, ctx.epoch = st.step, st.epoch
             acc.load(payload["log_acc"])
             if payload.get("conv_acc") is not None:
