@@ -39,6 +39,9 @@ def test_auto_budget_follows_the_data_up_to_the_authors_ceiling():
     assert mid.max_steps == AUTO_EPOCHS * 400 > AUTO_MIN_STEPS
     atlas = resolve_budget("auto", None, 2_000, ten_k)  # 1M cells, batch 500
     assert atlas.max_steps == 10_000 and "capped" in atlas.rule
+    floor = resolve_budget("auto", None, 20, ten_k, least_epochs=100)  # 10k cells, batch 500, 100 passes at least
+    assert floor.max_steps == 2_000 and resolve_budget("auto", None, 40, ten_k, least_epochs=100).max_steps == 4_000
+    assert resolve_budget("auto", None, 2_000, ten_k, least_epochs=100).max_steps == 10_000  # still capped
     by_epochs = AuthorsBudget(epochs=200)
     assert resolve_budget("auto", None, 3, by_epochs).max_steps == 600  # 200 epochs of 3 batches < the least steps
     assert resolve_budget("auto", None, 5_000, by_epochs).max_steps == AUTO_EPOCHS * 5_000
@@ -71,6 +74,8 @@ def test_rule_on_a_worked_sequence():
 def test_default_rule_windows_are_an_epoch_and_at_least_100_steps():
     assert Convergence.for_data(1).window == 100 and Convergence.for_data(2_000).window == 2_000
     assert Convergence.for_data(2_000).min_steps == Convergence().min_steps
+    assert Convergence.for_data(1, least_epochs=100).min_steps == Convergence().min_steps  # 200 cells: step 500
+    assert Convergence.for_data(20, least_epochs=100).min_steps == 2_000  # 10k cells, batch 500: 100 passes
 
 
 def test_rule_settings_are_checked():

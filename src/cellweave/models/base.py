@@ -98,6 +98,8 @@ class IntegrationModel(ABC):
     grad_clip: float | None = None
     #: The training length of the method's reference code: the ceiling of ``max_steps="auto"``.
     authors_budget: AuthorsBudget = AuthorsBudget(steps=10_000)
+    #: Passes over the data that ``max_steps="auto"`` and the convergence stop give at least (0: no floor).
+    least_epochs: int = 0
 
     def __init__(self, modalities: Mapping[str, StoreLike] | MuData, seed: int = 0) -> None:
         modalities = expand_inputs(modalities)
@@ -291,9 +293,10 @@ class IntegrationModel(ABC):
             if resume and self.run_dir is not None and (self.run_dir / FEATURES).is_dir():
                 self._check_recorded_features(read_feature_records(self.run_dir, list(self.stores)))
             train_data = self.train_stream()
-            budget = resolve_budget(max_steps, max_epochs, len(train_data), self.authors_budget, where=f"{type(self).__name__}.fit")
+            budget = resolve_budget(max_steps, max_epochs, len(train_data), self.authors_budget,
+                                    where=f"{type(self).__name__}.fit", least_epochs=self.least_epochs)
             if convergence == "auto":
-                convergence = Convergence.for_data(budget.steps_per_epoch)
+                convergence = Convergence.for_data(budget.steps_per_epoch, self.least_epochs)
             torch.manual_seed(self.seed)
             self.module = self.build_module()
             train = {"max_steps": max_steps, "max_epochs": max_epochs, "device": str(device), "precision": precision,

@@ -1,10 +1,12 @@
 """The step budget of a run: ``max_steps="auto"`` fitted to the data, ``max_epochs``, or a fixed count.
 
-``"auto"`` gives ``max(AUTO_MIN_STEPS, AUTO_EPOCHS x batches per epoch)`` steps, capped by the authors' own
-budget (a step count, or an epoch count times the batches per epoch). The figures were chosen from the
-quality-vs-steps curves in ``bench/RESULTS.md`` (``bench/budget.py``): on small data a fixed epoch count is far
-too few optimizer updates, on atlases the authors' budget is far more passes than needed, and the convergence
-stop (:mod:`cellweave.train.convergence`) ends most runs before the budget anyway.
+``"auto"`` gives ``max(AUTO_MIN_STEPS, AUTO_EPOCHS x batches per epoch, least_epochs x batches per epoch)``
+steps, capped by the authors' own budget (a step count, or an epoch count times the batches per epoch);
+``least_epochs`` is a method's own floor (scMODAL: 100 passes, see
+:attr:`~cellweave.models.base.IntegrationModel.least_epochs`). The figures were chosen from the quality-vs-steps
+curves in ``bench/RESULTS.md`` (``bench/budget.py``): on small data a fixed epoch count is far too few optimizer
+updates, on atlases the authors' budget is far more passes than needed, and the convergence stop
+(:mod:`cellweave.train.convergence`) ends many runs before the budget.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class ResolvedBudget:
 
 
 def resolve_budget(max_steps: int | str, max_epochs: int | None, steps_per_epoch: int, authors: AuthorsBudget,
-                   where: str = "fit") -> ResolvedBudget:
+                   where: str = "fit", least_epochs: int = 0) -> ResolvedBudget:
     """The number of training steps.
 
     Parameters
@@ -61,6 +63,8 @@ def resolve_budget(max_steps: int | str, max_epochs: int | None, steps_per_epoch
         The method's reference budget: the ceiling of ``"auto"``.
     where
         Named in errors.
+    least_epochs
+        Passes over the data an automatic budget gives at least (still capped by the authors' budget).
 
     Raises
     ------
@@ -78,10 +82,11 @@ def resolve_budget(max_steps: int | str, max_epochs: int | None, steps_per_epoch
         return ResolvedBudget(max_epochs * steps_per_epoch, f"{max_epochs} epochs x {steps_per_epoch} steps", steps_per_epoch)
     if max_steps == "auto":
         ceiling = authors.ceiling(steps_per_epoch)
-        wanted = max(AUTO_MIN_STEPS, AUTO_EPOCHS * steps_per_epoch)
+        epochs = max(AUTO_EPOCHS, least_epochs)
+        wanted = max(AUTO_MIN_STEPS, epochs * steps_per_epoch)
         steps = min(wanted, ceiling) if ceiling > 0 else wanted
         cap = f"{authors.steps} steps" if authors.steps is not None else f"{authors.epochs} epochs"
-        rule = (f"auto: max({AUTO_MIN_STEPS}, {AUTO_EPOCHS} epochs x {steps_per_epoch} steps) = {wanted}"
+        rule = (f"auto: max({AUTO_MIN_STEPS}, {epochs} epochs x {steps_per_epoch} steps) = {wanted}"
                 + (f", capped at the authors' {cap} = {ceiling}" if 0 < ceiling < wanted else ""))
         return ResolvedBudget(int(steps), rule, steps_per_epoch)
     if isinstance(max_steps, str):

@@ -7,7 +7,9 @@ beats the best window so far by more than ``rel_tol`` of the progress made so fa
 one): the tolerance is relative to how far the loss has come, so it needs no loss scale and works for
 terms that are negative (e.g. a geometry similarity). After ``patience`` windows in a row without an
 improvement, and not before ``min_steps``, training stops. The models' default
-(:meth:`Convergence.for_data`) makes a window one epoch, and at least 100 steps.
+(:meth:`Convergence.for_data`) makes a window one epoch, and at least 100 steps, and never stops before step 500
+nor before a method's least number of passes over the data (scMODAL: 100; see ``bench/RESULTS.md``: on a
+10,000-cell atlas its loss flattens by step 500 while its matching keeps improving up to 100 epochs).
 
 :func:`replay_stop` applies the same rule to the rows of a ``losses.csv`` (``bench/budget.py`` replays it on
 logged runs).
@@ -55,10 +57,11 @@ class Convergence:
             raise InputError("convergence", "rel_tol", f"must be in [0, 1), got {self.rel_tol!r}", "set rel_tol to e.g. 0.02")
 
     @classmethod
-    def for_data(cls, steps_per_epoch: int) -> Convergence:
+    def for_data(cls, steps_per_epoch: int, least_epochs: int = 0) -> Convergence:
         """The default rule for a stream of ``steps_per_epoch`` batches: windows of one epoch, at least 100 steps
-        (small data: many epochs per window; atlases: a window is a pass over the cells)."""
-        return cls(window=max(cls.window, steps_per_epoch))
+        (small data: many epochs per window; atlases: a window is a pass over the cells); no stop before
+        ``least_epochs`` passes over the data (nor before step 500)."""
+        return cls(window=max(cls.window, steps_per_epoch), min_steps=max(cls.min_steps, least_epochs * steps_per_epoch))
 
     def as_dict(self) -> dict[str, Any]:
         """The settings, for the run's config."""
