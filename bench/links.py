@@ -178,6 +178,7 @@ def transport_rows(rna_path: Path, adt_path: Path, settings: dict, seed: int, tr
         zr, za = x_rna @ p.source + p.source_offset, x_adt @ p.target + p.target_offset
         row = {"candidate": f"{one['ot_metric'][0]} k={one['ot_neighbors'][0]}" if one else "auto (learn)",
                "foscttm": _twins_foscttm(zr, za), "agreement": res.agreement, "quality": res.quality,
+               "distortion": res.distortion,
                "warned": any("unreliable" in str(w.message) for w in caught), "seconds": time.perf_counter() - t0}
         if truth.get("labels") is not None:
             lr, la = truth["labels"]
@@ -236,7 +237,7 @@ def transport_bench(args: argparse.Namespace) -> dict:
             _print_rows("cite-seq (names hidden)", rows)
     sims = [r for name, rows in out.items() if name.startswith("sim") for r in rows if r["candidate"] != "auto (learn)"]
     if len(sims) > 2:
-        for signal in ("agreement", "quality"):
+        for signal in ("agreement", "quality", "distortion"):
             rho_s = spearmanr([r[signal] for r in sims], [r["foscttm"] for r in sims]).statistic
             print(f"Spearman({signal}, FOSCTTM) over {len(sims)} simulated candidates: {rho_s:.3f} (negative = tracks)")
             out[f"spearman_{signal}"] = float(rho_s)

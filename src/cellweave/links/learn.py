@@ -5,8 +5,8 @@ refinement, on bounded memory:
 
 1. **Reduce and sample.** A PCA of each modality's input features (the stream's features and transform) is fitted
    out of core over the whole store (:func:`cellweave.reduce.load_or_fit`, kept beside the data), and a uniform
-   subsample of ``n_cells`` cells is read. A stratified share of it (``quality_cells``) is held out to score the
-   result; the rest is the *fit* sample.
+   subsample of ``n_cells`` cells is read. A stratified share of it (``quality_cells``) scores the result; it is
+   held out when the rest still holds ``ot_cells`` cells, else (small data) every cell is fitted as well.
 2. **First pivots.** Without any linked feature, ``ot_cells`` cells per modality (stratified) are coupled by
    Gromov-Wasserstein transport between their within-modality distances (:mod:`~cellweave.links.transport`:
    ``ot_starts`` exact starts, the lowest loss kept, then an entropic step ``ot_epsilon``), which needs no shared
@@ -22,11 +22,14 @@ refinement, on bounded memory:
 4. **Refine.** Fit cells are re-matched one to one on their smoothed scores of the chosen pairs, the worst
    matches dropped, and CCA refitted, ``n_iter`` times.
 5. **Score and choose** (no labels, no pairs). Steps 2-4 run on ``ot_samples`` transport samples for every
-   geometry (``ot_metric`` x ``ot_neighbors``). Held-out cells of both modalities are projected by each result
-   and matched one to one; the *quality* (:func:`~cellweave.links.transport.alignment_quality`: does the matching
-   keep both modalities' geodesic distances?) picks the result, and the *agreement* of the best results of two
-   different samples (:func:`~cellweave.links.transport.partner_agreement`: are a cell's partners under both
-   close in the target modality?) is reported, with the coupling's GW distortion. Below ``min_quality`` or ``min_agreement`` a warning
+   geometry (``ot_metric`` x ``ot_neighbors``). The geometry kept is the one both modalities share best: least
+   mean GW *distortion* (loss relative to the independent coupling's) over the samples; on CITE-seq the true
+   pairing distorts cosine distances by 0.33 and euclidean ones by 0.75. Among its samples, the quality cells of
+   both modalities are projected by each result and matched one to one; the *quality*
+   (:func:`~cellweave.links.transport.alignment_quality`: does the matching keep both modalities' geodesic
+   distances?) picks the result (a sample whose coupling swapped cell types scores low), and the *agreement* of
+   the best results of two samples (:func:`~cellweave.links.transport.partner_agreement`: are a cell's partners
+   under both close in the target modality?) is reported. Below ``min_quality`` or ``min_agreement`` a warning
    (:class:`UnreliableAlignmentWarning`) says that the alignment is unreliable.
 
 The chosen canonical directions, folded through the PCA, become one :class:`LinkProjection` of each modality's
@@ -160,7 +163,7 @@ class LearnSettings:
     fused_alpha: float = 0.5
     quality_cells: int = 400
     min_quality: float = 0.45
-    min_agreement: float = 0.2
+    min_agreement: float = 0.25
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "learn settings") -> LearnSettings:
@@ -582,11 +585,14 @@ def _transport_fits(s: _Sample, t: _Sample, linked: tuple[np.ndarray, np.ndarray
                                         round(res.quality, 4)))
             bar.update()
     bar.close()
-    order = sorted(range(len(fits)), key=lambda i: -fits[i][2].quality)
-    best = fits[order[0]]
-    others = [fits[i] for i in order if fits[i][0] != best[0]]
-    if others:  # the best alignment of another sample: do both give the same partners?
-        best[2].agreement = partner_agreement(_shared(best[2], qs, qt), _shared(others[0][2], qs, qt), geometry[1])
+    # the geometry both modalities share best (least mean distortion), then its sample of best quality
+    shared = {g: np.mean([d for (_, d, _), c in zip(fits, candidates) if (c.metric, c.neighbors) == g])
+              for g in geometries}
+    keep = min(geometries, key=shared.__getitem__)
+    mine = sorted((f for f, c in zip(fits, candidates) if (c.metric, c.neighbors) == keep), key=lambda f: -f[2].quality)
+    best = mine[0]
+    if len(mine) > 1:  # the same geometry's best alignment of another sample: do both give the same partners?
+        best[2].agreement = partner_agreement(_shared(best[2], qs, qt), _shared(mine[1][2], qs, qt), geometry[1])
     best[2].distortion = best[1]
     return best[2], candidates
 
@@ -644,7 +650,10 @@ def learn(source: CellStream, target: CellStream, links: FeatureLinks | None = N
     n_q = min(cfg.quality_cells, len(s_all.x) // 4, len(t_all.x) // 4)
     held = [stratified_sample(x.reduced, n_q, rng) for x in (s_all, t_all)]
     qs, qt = s_all.take(held[0]), t_all.take(held[1])
-    s, t = (x.take(np.setdiff1d(np.arange(len(x.x)), h)) for x, h in zip((s_all, t_all), held))
+    if min(len(s_all.x), len(t_all.x)) - n_q >= cfg.ot_cells:  # held out; small data: every cell is fitted too
+        s, t = (x.take(np.setdiff1d(np.arange(len(x.x)), h)) for x, h in zip((s_all, t_all), held))
+    else:
+        s, t = s_all, t_all
     geometry = (geodesic_distances(qs.reduced, QUALITY_NEIGHBORS), geodesic_distances(qt.reduced, QUALITY_NEIGHBORS))
     features = (source.reader.feature_names, target.reader.feature_names)
     linked = _linked_features(s, t, links, features)
