@@ -281,8 +281,11 @@ def run_peer(method: str, folder: Path, seed: int, args: argparse.Namespace) -> 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     info_path = folder / f"{method}.json"
     if not info_path.exists():
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"exit {done.returncode}: {tail[0][:200]}", "seconds": time.perf_counter() - t0}
+        if done.returncode < 0:
+            why = f"killed by signal {-done.returncode}"
+        else:
+            why = f"exit {done.returncode}: " + ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1][:200]
+        return {"error": why, "seconds": time.perf_counter() - t0}
     info = json.loads(info_path.read_text())
     if "error" not in info:
         info["z"] = (np.load(folder / f"{method}_rna.npy"), np.load(folder / f"{method}_adt.npy"))
