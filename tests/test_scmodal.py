@@ -97,6 +97,56 @@ def test_cite_seq_rna_vs_protein_beats_the_unintegrated_baseline(tmp_path):
     assert integrated < 0.5 and integrated < baseline - 0.05
 
 
+def test_linked_block_is_the_authors_shared_block(atlas):
+    """The linked columns of the encoders' inputs (where the MNN anchors are found) hold each cell's linked
+    features normalised to one common total over those features alone, log1p, standardised -- the authors'
+    tutorial's shared block, recomputed here from the raw counts with numpy; the other columns are untouched."""
+    model = SCMODAL({m: atlas[m] for m in ("rna", "adt")}, links=atlas["links"], config=SMALL | {"max_value": 1e9}, seed=0)
+    module = model.build_module()
+    cols, W = model.link_matrices[("adt", "rna")]
+    W = np.asarray(W, dtype=np.float64)
+    assert (W > 0).sum() > len(cols)  # some protein has two coding genes
+    linked = {"adt": np.asarray(cols), "rna": np.flatnonzero((W != 0).any(0))}
+    raw = {m: ad.read_zarr(atlas[m]) for m in ("rna", "adt")}
+    block = {m: raw[m][:, np.asarray(model.features[m])[c]].X.toarray().astype(np.float64) for m, c in linked.items()}
+    rna_link_totals = (raw["rna"][:, model.features["rna"]].X.toarray() @ W.T).sum(1)  # mean of a protein's genes
+    target = max(min(block["adt"].sum(1).mean(), rna_link_totals.mean()), 20.0)
+    assert module.link_targets[("adt", "rna")] == pytest.approx(target, rel=1e-4)
+
+    def log_block(c):
+        total = c.sum(1, keepdims=True)
+        return np.log1p(c / np.where(total > 0, total, 1) * target)
+
+    def shared_block(c):
+        x = log_block(c)
+        sd = x.std(0)
+        return np.clip((x - x.mean(0)) / np.where(sd > 0, sd, 1), -10, 10)
+
+    x = {m: torch.cat([b.dense() for b in model.iter_batches(m)]) for m in ("rna", "adt")}
+    with torch.no_grad():  # in training, standardised over the minibatch: here every cell
+        xa = {m: module.augment(m, v) for m, v in x.items()}
+    for m, c in linked.items():
+        np.testing.assert_allclose(xa[m][:, c].numpy(), shared_block(block[m]), atol=2e-3)
+        rest = np.setdiff1d(np.arange(x[m].shape[1]), c)
+        np.testing.assert_array_equal(xa[m][:, rest].numpy(), x[m][:, rest].numpy())
+    with torch.no_grad():  # the anchors' view: the table over the block
+        view_adt, view_rna = module.linked("adt", "rna", xa["adt"], xa["rna"])
+    np.testing.assert_array_equal(view_adt.numpy(), xa["adt"][:, cols].numpy())
+    np.testing.assert_allclose(view_rna.numpy(), xa["rna"].numpy() @ W.T, atol=1e-5)
+    # in evaluation the block is standardised with the running statistics kept in training
+    module.eval()
+    with torch.no_grad():
+        running = module.augment("adt", x["adt"])[:, cols].numpy()
+    mean, var = module.block_mean__adt.numpy(), module.block_var__adt.numpy()
+    assert np.abs(mean).max() > 0.1  # moved from its initial zeros
+    np.testing.assert_allclose(running, np.clip((log_block(block["adt"]) - mean) / np.sqrt(var + 1e-6), -10, 10), atol=2e-3)
+    # link_view="input": the scaled input columns themselves
+    model.config.link_view = "input"
+    plain = model.build_module()
+    with torch.no_grad():
+        assert torch.equal(plain.augment("adt", x["adt"]), x["adt"])
+
+
 def test_resume_gives_the_same_embedding(atlas, tmp_path):
     inputs = {m: atlas[m] for m in ("rna", "adt")}
     links = read_links(atlas["links"])

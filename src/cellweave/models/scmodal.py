@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 LEARNED_DIR = "learned_links"
 #: The ``links`` value that learns links without a table, and the ``links_augment`` value that adds them.
 LEARN = "learn"
+#: Values of :attr:`SCMODALConfig.link_view`.
+LINK_VIEWS = ("block", "input")
 
 
 @dataclass
@@ -79,6 +81,11 @@ class SCMODALConfig:
         Highly variable features kept per count modality, after the linked features (2000).
     max_value
         Clip of scaled values (10).
+    link_view
+        ``"block"`` (default): for each table pair of count modalities a *linked block*, as the authors'
+        tutorial builds its shared block (each cell's linked features normalised to one common total over those
+        features alone, log1p, standardised), is placed before each modality's inputs and the MNN anchors are
+        found on it. ``"input"``: no block; anchors on the model's scaled input columns.
     learn
         Settings of the learned links (:class:`~cellweave.links.LearnSettings`), when links are learned.
     """
@@ -95,6 +102,7 @@ class SCMODALConfig:
     weights: SCMODALWeights = field(default_factory=SCMODALWeights)
     n_top_features: int = 2000
     max_value: float = 10.0
+    link_view: str = "block"
     learn: LearnSettings = field(default_factory=LearnSettings)
 
     @classmethod
@@ -188,6 +196,9 @@ class SCMODAL(SavesLinkTable, IntegrationModel):
         super().__init__(modalities, seed)
         self.config = config if isinstance(config, SCMODALConfig) else SCMODALConfig.from_dict(config or {})
         self.config.learn.checked("SCMODAL config: learn")
+        if self.config.link_view not in LINK_VIEWS:
+            raise InputError(type(self).__name__, "link_view", f"unknown link_view {self.config.link_view!r}",
+                             f"use one of {list(LINK_VIEWS)}")
         self.kinds = dict(kinds or {})
         self.genes_bed = None if genes_bed is None else str(Path(genes_bed).resolve())
         self.label_key = label_key
@@ -247,7 +258,31 @@ class SCMODAL(SavesLinkTable, IntegrationModel):
         return SCMODALModule({m: len(f) for m, f in self.features.items()}, self.link_matrices, n_latent=c.n_latent,
                              hidden=c.hidden, weights=c.weights, d_steps=c.d_steps, k=c.k, lr=c.lr,
                              weight_decay=c.weight_decay, geo_threshold=c.geo_threshold,
-                             init_std=c.init_std, projections={p: lk.projection for p, lk in self.learned.items()})
+                             init_std=c.init_std, projections={p: lk.projection for p, lk in self.learned.items()},
+                             **self._link_block_settings())
+
+    def _link_block_settings(self) -> dict[str, dict]:
+        """``link_spaces`` and ``link_targets`` of :class:`SCMODALModule` for ``link_view="block"``: each count
+        modality's input centre and scale (as the stream applies them), and per table pair the common total,
+        the smaller of the two modalities' mean raw totals over their linked features (the authors' tutorial
+        takes the RNA side's median), at least 20."""
+        if self.config.link_view != "block":
+            return {}
+        spaces, means = {}, {}
+        for m, store in self.stores.items():
+            if store.kind != "counts":
+                continue
+            stats = self.stats[m]
+            src = pd.Index(store.var_names).get_indexer(self.features[m])
+            sd = np.sqrt(stats.log_var[src])
+            spaces[m] = (stats.log_mean[src], np.where(sd > 0, sd, 1.0))
+            means[m] = np.asarray(stats.mean[src], dtype=np.float64)
+        targets = {}
+        for (s, t), (cols, W) in self.link_matrices.items():
+            if s in spaces and t in spaces:
+                totals = (float(means[s][cols].sum()), float(np.asarray(W @ means[t]).sum()))
+                targets[(s, t)] = max(min(totals), 20.0)
+        return {"link_spaces": spaces, "link_targets": targets}
 
     # ---- learned links ----------------------------------------------------------------------------------------
     def fit(self, max_steps: int | str = "auto", run_dir: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto",

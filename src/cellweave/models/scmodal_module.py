@@ -15,6 +15,11 @@ step takes one minibatch of every modality and
 A pair's linked features are a table view ``(x_s[:, cols], x_t @ W.T)``, a learned projection
 ``(x_s @ P_s + b_s, x_t @ P_t + b_t)`` (:class:`~cellweave.links.LinkProjection`), or both: then each view's rows
 are scaled to unit length and concatenated, so the cosine of two cells is the mean of their two views' cosines.
+With ``link_spaces`` (count modalities) the linked columns of a table pair's modalities are replaced by a
+*linked block*, built the way the authors' tutorial builds its shared block: the linked features on their count
+scale (the input's scaling and log undone), each cell normalised to one common total over these features alone,
+log1p, standardised. Encoders read it, decoders reconstruct it, and the MNN anchors are found on it
+(:meth:`SCMODALModule.augment`).
 
 Defaults follow the authors' code (see docs/methods/scmodal.md): weights AE 10, cross 10, MNN 1, geometry 10,
 GAN 1; 5 discriminator steps per generator step; Adam lr 1e-3, weight decay 1e-3.
@@ -59,6 +64,10 @@ class SCMODALWeights:
     geo: float = 10.0
 
 
+BLOCK_MOMENTUM = 0.1  # running statistics of the linked blocks (as torch's BatchNorm)
+BLOCK_MAX = 10.0  # clip of a standardised block value (as the inputs' max_value)
+
+
 def pair_key(a: str, b: str) -> str:
     """ModuleDict/buffer key of a modality pair."""
     return f"{a}__{b}"
@@ -93,18 +102,54 @@ class SCMODALModule(TrainingModule):
         Weights and biases drawn from ``N(0, init_std^2)`` as in the authors' code (0: PyTorch's default).
         This sets the starting latent scale and with it the weight the MNN term carries: with PyTorch's
         default initialisation the latents start small and the anchors barely act.
+    link_spaces
+        Per modality ``(center, scale)`` of its inputs (``x = (log1p(normalised counts) - center) / scale``);
+        with ``link_targets`` the linked columns of a table pair whose two modalities are both here are
+        replaced by its linked block (:meth:`augment`).
+    link_targets
+        Per pair ``(s, t)``: the common total of its linked block.
     """
 
     def __init__(self, n_features: Mapping[str, int], links: Mapping[tuple[str, str], tuple[torch.Tensor, torch.Tensor]],
                  n_latent: int = 20, hidden: int = 512, weights: SCMODALWeights | None = None, d_steps: int = 5, k: int = 30,
                  lr: float = 1e-3, weight_decay: float = 1e-3, geo_threshold: float = 0.975,
-                 init_std: float = 0.1, projections: Mapping[tuple[str, str], LinkProjection] | None = None) -> None:
+                 init_std: float = 0.1, projections: Mapping[tuple[str, str], LinkProjection] | None = None,
+                 link_spaces: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                 link_targets: Mapping[tuple[str, str], float] | None = None) -> None:
         super().__init__()
         self.order: list[str] = list(n_features)
         self.n_latent = n_latent
         self.weights = weights or SCMODALWeights()
         self.d_steps, self.k, self.lr, self.weight_decay, self.geo_threshold = d_steps, k, lr, weight_decay, geo_threshold
         self.init_std = init_std
+        self.link_pairs: list[tuple[str, str]] = []
+        for (s, t), (cols, W) in links.items():
+            self.register_buffer(f"link_cols__{pair_key(s, t)}", torch.as_tensor(cols, dtype=torch.long))
+            self.register_buffer(f"link_w__{pair_key(s, t)}", _as_tensor(W))
+            self.link_pairs.append((s, t))
+        self.link_targets: dict[tuple[str, str], float] = {}
+        for m, (center, scale) in (link_spaces or {}).items():
+            # derived from the preprocessing statistics: not saved with the weights
+            self.register_buffer(f"input_center__{m}", torch.as_tensor(center, dtype=torch.float32), persistent=False)
+            self.register_buffer(f"input_scale__{m}", torch.as_tensor(scale, dtype=torch.float32), persistent=False)
+        for (s, t), target in (link_targets or {}).items():
+            if (s, t) in links and s in (link_spaces or {}) and t in (link_spaces or {}):
+                self.link_targets[(s, t)] = float(target)
+        # each modality's linked block: its columns linked in a pair with a common total, and that total
+        self.block_target: dict[str, float] = {}
+        block_cols: dict[str, set[int]] = {}
+        for (s, t), target in self.link_targets.items():
+            cols, W = links[(s, t)]
+            W = _as_tensor(W)
+            used = W.coalesce().indices()[1] if W.is_sparse else (W != 0).any(0).nonzero().flatten()
+            for m, c in ((s, torch.as_tensor(cols)), (t, used)):
+                block_cols.setdefault(m, set()).update(int(i) for i in c)
+                self.block_target[m] = min(self.block_target.get(m, target), target)
+        for m, c in block_cols.items():
+            self.register_buffer(f"block_cols__{m}", torch.as_tensor(sorted(c), dtype=torch.long), persistent=False)
+            # running statistics of the block's standardisation, used at inference (saved with the weights)
+            self.register_buffer(f"block_mean__{m}", torch.zeros(len(c)))
+            self.register_buffer(f"block_var__{m}", torch.ones(len(c)))
         self.encoders = nn.ModuleDict({m: MLP(d, n_latent, (hidden,)) for m, d in n_features.items()})
         self.decoders = nn.ModuleDict({m: MLP(n_latent, d, (hidden,)) for m, d in n_features.items()})
         self.chain: list[tuple[str, str]] = list(zip(self.order[:-1], self.order[1:]))
@@ -112,11 +157,6 @@ class SCMODALModule(TrainingModule):
         if init_std > 0:
             for net in (*self.encoders.values(), *self.decoders.values(), *self.discriminators.values()):
                 net.normal_init_(init_std)
-        self.link_pairs: list[tuple[str, str]] = []
-        for (s, t), (cols, W) in links.items():
-            self.register_buffer(f"link_cols__{pair_key(s, t)}", torch.as_tensor(cols, dtype=torch.long))
-            self.register_buffer(f"link_w__{pair_key(s, t)}", _as_tensor(W))
-            self.link_pairs.append((s, t))
         self.projected: set[tuple[str, str]] = set()
         for (s, t), p in (projections or {}).items():
             key = pair_key(s, t)
@@ -129,7 +169,8 @@ class SCMODALModule(TrainingModule):
     def hparams(self) -> dict:
         """Constructor settings (for the run's resolved config)."""
         return {"n_latent": self.n_latent, "d_steps": self.d_steps, "k": self.k, "lr": self.lr,
-                "weight_decay": self.weight_decay, "geo_threshold": self.geo_threshold, "init_std": self.init_std, "weights": asdict(self.weights)}
+                "weight_decay": self.weight_decay, "geo_threshold": self.geo_threshold, "init_std": self.init_std, "weights": asdict(self.weights),
+                "link_targets": {f"{s}->{t}": v for (s, t), v in self.link_targets.items()}}
 
     def convergence_terms(self) -> dict[str, float]:
         """The generator's loss without its adversarial term (which oscillates by design), as weighted in training."""
@@ -144,7 +185,8 @@ class SCMODALModule(TrainingModule):
         return opts
 
     def linked(self, s: str, t: str, x_s: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The linked-feature views of two minibatches (table, learned projection, or both concatenated)."""
+        """The linked-feature views of two minibatches of :meth:`augment`-ed inputs (table, learned projection,
+        or both concatenated)."""
         key = pair_key(s, t)
         views = []
         if hasattr(self, f"link_cols__{key}"):
@@ -158,26 +200,50 @@ class SCMODALModule(TrainingModule):
         return (torch.cat([normalize_rows(a) for a, _ in views], dim=1),
                 torch.cat([normalize_rows(b) for _, b in views], dim=1))
 
+    def _count_scale(self, m: str, x: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """Inputs of ``m`` (or its columns ``cols``) back on the scale of normalised counts (``expm1`` of the
+        unscaled log values)."""
+        scale, center = getattr(self, f"input_scale__{m}"), getattr(self, f"input_center__{m}")
+        if cols is not None:
+            scale, center = scale[cols], center[cols]
+        return torch.expm1(x.float() * scale + center).clamp_min(0.0)
+
+    def augment(self, m: str, x: torch.Tensor) -> torch.Tensor:
+        """The encoder input of ``m``: its inputs ``x`` with its linked columns replaced by the linked block (the
+        linked features on their count scale, each cell normalised to the common total over them alone, log1p,
+        standardised). In training the block is standardised with the minibatch's statistics, whose running
+        averages it keeps, and with those running averages in evaluation."""
+        if not hasattr(self, f"block_cols__{m}"):
+            return x
+        cols = getattr(self, f"block_cols__{m}")
+        v = self._count_scale(m, x[:, cols], cols)
+        total = v.sum(1, keepdim=True)
+        block = torch.log1p(v * (self.block_target[m] / torch.where(total > 0, total, torch.ones_like(total))))
+        block = F.batch_norm(block, getattr(self, f"block_mean__{m}"), getattr(self, f"block_var__{m}"),
+                             training=self.training and x.shape[0] > 1, momentum=BLOCK_MOMENTUM, eps=1e-6)
+        return x.index_copy(1, cols, block.clamp(-BLOCK_MAX, BLOCK_MAX).to(x.dtype))
+
     def encode(self, m: str, x: torch.Tensor) -> torch.Tensor:
         """Latent codes of modality ``m``."""
-        return self.encoders[m](x)
+        return self.encoders[m](self.augment(m, x))
 
     def translate(self, source: str, target: str, x: torch.Tensor) -> torch.Tensor:
-        """Cross-modal imputation ``G_target(E_source(x))``."""
-        return self.decoders[target](self.encoders[source](x))
+        """Cross-modal imputation ``G_target(E_source(x))`` (in the target's encoder input space)."""
+        return self.decoders[target](self.encode(source, x))
 
     def _discriminator_loss(self, z: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return sum(discriminator_loss(self.discriminators[pair_key(a, b)](z[a]), self.discriminators[pair_key(a, b)](z[b]))
                    for a, b in self.chain)
 
     def training_step(self, batch: Mapping, ctx) -> dict[str, float]:
-        x = {m: batch[m].dense(ctx.device) for m in self.order}
+        with torch.no_grad():  # each modality's encoder input, its linked block in place
+            x = {m: self.augment(m, batch[m].dense(ctx.device)) for m in self.order}
         w = self.weights
         terms: dict[str, float] = {}
         if self.chain and w.gan > 0:
             self.discriminators.requires_grad_(True)
             with torch.no_grad(), ctx.autocast():
-                z_fixed = {m: self.encode(m, x[m]) for m in self.order}
+                z_fixed = {m: self.encoders[m](x[m]) for m in self.order}
             for _ in range(self.d_steps):
                 with ctx.autocast():
                     d_loss = self._discriminator_loss({m: v.float() for m, v in z_fixed.items()})
@@ -185,7 +251,7 @@ class SCMODALModule(TrainingModule):
             terms["disc"] = float(d_loss.detach())
             self.discriminators.requires_grad_(False)
         with ctx.autocast():
-            z = {m: self.encode(m, x[m]) for m in self.order}
+            z = {m: self.encoders[m](x[m]) for m in self.order}
             recon = sum(F.mse_loss(self.decoders[m](z[m]), x[m]) for m in self.order)
             zero = z[self.order[0]].sum() * 0.0
             gan = zero
@@ -195,7 +261,7 @@ class SCMODALModule(TrainingModule):
             cross = zero
             for a, b in self.chain:
                 for s, t in ((a, b), (b, a)):
-                    z_back = self.encode(t, self.decoders[t](z[s]))
+                    z_back = self.encoders[t](self.decoders[t](z[s]))
                     cross = cross + (z[s] - z_back).pow(2).sum(1).mean() / self.n_latent
             anchors = zero
             n_pairs = 0
