@@ -184,17 +184,20 @@ class SCMODALModule(TrainingModule):
             opts["discriminator"] = torch.optim.Adam(self.discriminators.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         return opts
 
-    def linked(self, s: str, t: str, x_s: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The linked-feature views of two minibatches of :meth:`augment`-ed inputs (table, learned projection,
-        or both concatenated)."""
+    def linked(self, s: str, t: str, x_s: torch.Tensor, x_t: torch.Tensor, raw_s: torch.Tensor | None = None,
+               raw_t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The linked-feature views of two minibatches (table, learned projection, or both concatenated): the
+        table over the :meth:`augment`-ed inputs ``x_*``, a learned projection over the inputs as streamed
+        ``raw_*`` (what it was learned from; default ``x_*``)."""
         key = pair_key(s, t)
+        raw_s, raw_t = (x_s if raw_s is None else raw_s), (x_t if raw_t is None else raw_t)
         views = []
         if hasattr(self, f"link_cols__{key}"):
             cols, W = getattr(self, f"link_cols__{key}"), getattr(self, f"link_w__{key}")
             views.append((x_s[:, cols], torch.sparse.mm(W, x_t.T).T if W.is_sparse else x_t @ W.T))
         if (s, t) in self.projected:
-            views.append((x_s @ getattr(self, f"link_ps__{key}") + getattr(self, f"link_bs__{key}"),
-                          x_t @ getattr(self, f"link_pt__{key}") + getattr(self, f"link_bt__{key}")))
+            views.append((raw_s @ getattr(self, f"link_ps__{key}") + getattr(self, f"link_bs__{key}"),
+                          raw_t @ getattr(self, f"link_pt__{key}") + getattr(self, f"link_bt__{key}")))
         if len(views) == 1:
             return views[0]
         return (torch.cat([normalize_rows(a) for a, _ in views], dim=1),
@@ -236,8 +239,9 @@ class SCMODALModule(TrainingModule):
                    for a, b in self.chain)
 
     def training_step(self, batch: Mapping, ctx) -> dict[str, float]:
+        raw = {m: batch[m].dense(ctx.device) for m in self.order}
         with torch.no_grad():  # each modality's encoder input, its linked block in place
-            x = {m: self.augment(m, batch[m].dense(ctx.device)) for m in self.order}
+            x = {m: self.augment(m, raw[m]) for m in self.order}
         w = self.weights
         terms: dict[str, float] = {}
         if self.chain and w.gan > 0:
@@ -266,7 +270,7 @@ class SCMODALModule(TrainingModule):
             anchors = zero
             n_pairs = 0
             for s, t in self.link_pairs:
-                ls, lt = self.linked(s, t, x[s], x[t])
+                ls, lt = self.linked(s, t, x[s], x[t], raw[s], raw[t])
                 pairs = mnn_pairs(ls.float(), lt.float(), k=self.k, metric="cosine")
                 n_pairs += int(pairs.shape[0])
                 anchors = anchors + anchor_loss(z[s], z[t], pairs)
