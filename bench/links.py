@@ -150,7 +150,8 @@ def _standardized(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(0)) / np.where(sd > 0, sd, 1)
 
 
-def transport_rows(rna_path: Path, adt_path: Path, settings: dict, seed: int, truth: dict) -> list[dict]:
+def transport_rows(rna_path: Path, adt_path: Path, settings: dict, seed: int, truth: dict,
+                   n_top_genes: int = 300) -> list[dict]:
     """Each transport candidate learned alone (rna -> adt) and the default grid, scored against ``truth``.
 
     ``truth``: ``order`` (adt row of each rna row's twin) and optional ``labels`` (rna labels, adt labels)."""
@@ -159,8 +160,8 @@ def transport_rows(rna_path: Path, adt_path: Path, settings: dict, seed: int, tr
     from cellweave.data import CellStream, Preprocess, open_modality
     from cellweave.links import LearnSettings, learn
 
-    rna = CellStream(open_modality(rna_path), 512, shuffle=False, preprocess=Preprocess(n_top_genes=300, scale=True),
-                     rank=0, world_size=1)
+    rna = CellStream(open_modality(rna_path), 512, shuffle=False,
+                     preprocess=Preprocess(n_top_genes=n_top_genes, scale=True), rank=0, world_size=1)
     adt = CellStream(open_modality(adt_path), 512, shuffle=False, preprocess=Preprocess(scale=True), rank=0,
                      world_size=1)
     x_rna = torch.cat([b.dense() for b in rna]).numpy()
@@ -215,7 +216,7 @@ def transport_bench(args: argparse.Namespace) -> dict:
             data = cite_seq(root, args.cite_seq)
             small = settings | {"n_cells": 200, "quality_cells": 50}
             rows = transport_rows(data["stores"]["rna"], data["stores"]["adt"], small, 0,
-                                  {"order": np.arange(200)})
+                                  {"order": np.arange(200)}, n_top_genes=2000)  # as the references below
             # the real antibody table and a random one, in their own (standardised) linked-feature space
             from cellweave.data import CellStream, Preprocess, open_modality
             rna = CellStream(open_modality(data["stores"]["rna"]), 512, shuffle=False,
