@@ -555,9 +555,8 @@ def test_cite_seq_with_names_hidden_meets_the_target(tmp_path):
 def _names_hidden(root, n_cells: int, n_genes: int, n_proteins: int, settings: dict, seed: int):
     """learn(rna -> adt, no links) on a simulated atlas of twins; FOSCTTM and ADT <- RNA label transfer (kNN 15) in
     the learned space, the result and whether it warned."""
-    from sklearn.neighbors import KNeighborsClassifier
-
     import anndata as ad
+    from sklearn.neighbors import KNeighborsClassifier
 
     paths = simulate_atlas(root, n_cells, modalities=("rna", "adt"), n_genes=n_genes, n_proteins=n_proteins, seed=seed,
                            progress=False)
@@ -591,5 +590,5 @@ def test_simulated_rna_adt_names_hidden_meets_the_target_fast(tmp_path):
 def test_simulated_rna_adt_names_hidden_meets_the_target(tmp_path, seed):
     """Learned links only (default settings), RNA vs ADT twins: FOSCTTM < 0.25 and label transfer > 0.8 in the
     learned space, without the unreliable-alignment warning."""
-    fos, acc, res, warned = _names_hidden(tmp_path / "atlas", 1500, 600, 40, {}, seed)
+    fos, acc, _, warned = _names_hidden(tmp_path / "atlas", 1500, 600, 40, {}, seed)
     assert fos < 0.25 and acc > 0.8 and not warned

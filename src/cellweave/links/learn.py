@@ -135,9 +135,10 @@ class LearnSettings:
     fused_alpha
         Weight of the geometry (vs the linked features' distances) in fused transport, in [0, 1].
     quality_cells
-        Held-out cells per modality that score the alignment.
+        Cells per modality (stratified) that score the alignment; held out of the fit unless fewer than
+        ``ot_cells`` would remain.
     min_quality, min_agreement
-        Alignment quality, and agreement between the alignments of two independent transport samples, below
+        Alignment quality, and agreement between the alignments of two transport samples, below
         which :func:`learn` warns that the alignment is unreliable.
     """
 
@@ -286,12 +287,14 @@ class LearnedLinks:
     settings
         The settings used.
     quality
-        Alignment quality of the result on held-out cells (:func:`~cellweave.links.transport.alignment_quality`).
+        Alignment quality of the result on the quality cells (:func:`~cellweave.links.transport.alignment_quality`).
     agreement
-        Agreement of the alignments learned from two independent transport samples
+        Agreement of the best alignments of two transport samples of the chosen geometry
         (:func:`~cellweave.links.transport.partner_agreement`; NaN when the first pivots came from the links).
     candidates
         The transport settings tried (empty when the first pivots came from the links alone).
+    distortion
+        GW distortion of the chosen coupling (loss relative to the independent coupling's; NaN without transport).
     """
 
     source_modality: str
@@ -552,7 +555,7 @@ def _rounds(s: _Sample, t: _Sample, first: tuple[np.ndarray, np.ndarray], matche
 
 
 def _quality(res: _Fit, s: _Sample, t: _Sample, geometry: tuple[np.ndarray, np.ndarray]) -> float:
-    """Alignment quality of a fit's chosen canonical pairs on the held-out cells ``s``, ``t``."""
+    """Alignment quality of a fit's chosen canonical pairs on the quality cells ``s``, ``t``."""
     return alignment_quality(*_shared(res, s, t), *geometry)
 
 
