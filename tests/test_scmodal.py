@@ -101,7 +101,8 @@ def test_linked_block_is_the_authors_shared_block(atlas):
     """The linked columns of the encoders' inputs (where the MNN anchors are found) hold each cell's linked
     features normalised to one common total over those features alone, log1p, standardised -- the authors'
     tutorial's shared block, recomputed here from the raw counts with numpy; the other columns are untouched."""
-    model = SCMODAL({m: atlas[m] for m in ("rna", "adt")}, links=atlas["links"], config=SMALL | {"max_value": 1e9}, seed=0)
+    model = SCMODAL({m: atlas[m] for m in ("rna", "adt")}, links=atlas["links"],
+                    config=SMALL | {"max_value": 1e9, "link_view": "block"}, seed=0)
     module = model.build_module()
     cols, W = model.link_matrices[("adt", "rna")]
     W = np.asarray(W, dtype=np.float64)
@@ -140,9 +141,8 @@ def test_linked_block_is_the_authors_shared_block(atlas):
     mean, var = module.block_mean__adt.numpy(), module.block_var__adt.numpy()
     assert np.abs(mean).max() > 0.1  # moved from its initial zeros
     np.testing.assert_allclose(running, np.clip((log_block(block["adt"]) - mean) / np.sqrt(var + 1e-6), -10, 10), atol=2e-3)
-    # link_view="input": the scaled input columns themselves
-    model.config.link_view = "input"
-    plain = model.build_module()
+    # link_view="input" (the default): the scaled input columns themselves
+    plain = SCMODAL({m: atlas[m] for m in ("rna", "adt")}, links=atlas["links"], config=SMALL, seed=0).build_module()
     with torch.no_grad():
         assert torch.equal(plain.augment("adt", x["adt"]), x["adt"])
 

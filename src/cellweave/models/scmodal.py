@@ -82,10 +82,11 @@ class SCMODALConfig:
     max_value
         Clip of scaled values (10).
     link_view
-        ``"block"`` (default): for each table pair of count modalities a *linked block*, as the authors'
-        tutorial builds its shared block (each cell's linked features normalised to one common total over those
-        features alone, log1p, standardised), is placed before each modality's inputs and the MNN anchors are
-        found on it. ``"input"``: no block; anchors on the model's scaled input columns.
+        ``"input"`` (default): the MNN anchors are found on the model's scaled input columns of the linked
+        features. ``"block"``: for each table pair of count modalities the linked columns are replaced by a
+        *linked block*, as the authors' tutorial builds its shared block (each cell's linked features normalised
+        to one common total over those features alone, log1p, standardised), and the anchors are found on it
+        (better on a simulated atlas, worse on the 200 real CITE-seq cells: bench/RESULTS.md).
     learn
         Settings of the learned links (:class:`~cellweave.links.LearnSettings`), when links are learned.
     """
@@ -102,7 +103,7 @@ class SCMODALConfig:
     weights: SCMODALWeights = field(default_factory=SCMODALWeights)
     n_top_features: int = 2000
     max_value: float = 10.0
-    link_view: str = "block"
+    link_view: str = "input"
     learn: LearnSettings = field(default_factory=LearnSettings)
 
     @classmethod
