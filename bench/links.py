@@ -188,9 +188,21 @@ def transport_rows(rna_path: Path, adt_path: Path, settings: dict, seed: int, tr
     return rows
 
 
+def simulated_twins(folder: Path, cells: int, seed: int, rho: float) -> tuple[dict[str, Path], dict]:
+    """An RNA + ADT atlas of twin cells (600 genes, 40 proteins), and its truth: each RNA cell's ADT twin and labels."""
+    import anndata as ad
+
+    paths = simulate_atlas(folder, cells, modalities=("rna", "adt"), n_genes=600, n_proteins=40, seed=seed, rho=rho,
+                           progress=False)
+    obs = {m: ad.read_zarr(paths[m]).obs for m in ("rna", "adt")}
+    where = {p: i for i, p in enumerate(obs["adt"]["pair_id"].astype(str))}
+    order = np.array([where[p] for p in obs["rna"]["pair_id"].astype(str)])
+    labels = (obs["rna"]["cell_type"].astype(str).to_numpy(), obs["adt"]["cell_type"].astype(str).to_numpy()[order])
+    return paths, {"order": order, "labels": labels}
+
+
 def transport_bench(args: argparse.Namespace) -> dict:
     """The ``--transport`` benchmark (see the module notes)."""
-    import anndata as ad
     from scipy.stats import spearmanr
 
     from cellweave.links import protein_to_gene
@@ -203,14 +215,8 @@ def transport_bench(args: argparse.Namespace) -> dict:
         for rho in args.rho:
             for seed in args.seeds:
                 name = f"sim rho={rho} seed={seed}"
-                paths = simulate_atlas(root / name.replace(" ", "_"), args.cells, modalities=("rna", "adt"), n_genes=600,
-                                       n_proteins=40, seed=seed, rho=rho, progress=False)
-                obs = {m: ad.read_zarr(paths[m]).obs for m in ("rna", "adt")}
-                where = {p: i for i, p in enumerate(obs["adt"]["pair_id"].astype(str))}
-                order = np.array([where[p] for p in obs["rna"]["pair_id"].astype(str)])
-                labels = (obs["rna"]["cell_type"].astype(str).to_numpy(),
-                          obs["adt"]["cell_type"].astype(str).to_numpy()[order])
-                out[name] = transport_rows(paths["rna"], paths["adt"], settings, seed, {"order": order, "labels": labels})
+                paths, truth = simulated_twins(root / name.replace(" ", "_"), args.cells, seed, rho)
+                out[name] = transport_rows(paths["rna"], paths["adt"], settings, seed, truth)
                 _print_rows(name, out[name])
         if args.cite_seq.exists():
             data = cite_seq(root, args.cite_seq)
@@ -353,8 +359,6 @@ def peer_rows(inputs: dict, truth: dict, seed: int, args: argparse.Namespace, fo
 
 def peers_bench(args: argparse.Namespace) -> dict:
     """The ``--peers`` benchmark (see the module notes)."""
-    import anndata as ad
-
     out: dict = {}
     print(f"{'dataset':<24} {'method':<10} {'FOSCTTM':>8} {'transfer':>8} {'s/run':>7}  notes")
     with tempfile.TemporaryDirectory() as tmp:
@@ -362,15 +366,8 @@ def peers_bench(args: argparse.Namespace) -> dict:
         for rho in args.rho:
             for seed in args.seeds:
                 name = f"sim rho={rho} seed={seed}"
-                paths = simulate_atlas(root / name.replace(" ", "_"), args.cells, modalities=("rna", "adt"),
-                                       n_genes=600, n_proteins=40, seed=seed, rho=rho, progress=False)
-                obs = {m: ad.read_zarr(paths[m]).obs for m in ("rna", "adt")}
-                where = {p: i for i, p in enumerate(obs["adt"]["pair_id"].astype(str))}
-                order = np.array([where[p] for p in obs["rna"]["pair_id"].astype(str)])
-                labels = (obs["rna"]["cell_type"].astype(str).to_numpy(),
-                          obs["adt"]["cell_type"].astype(str).to_numpy()[order])
-                rows = peer_rows(peer_inputs(paths["rna"], paths["adt"]), {"order": order, "labels": labels}, seed,
-                                 args, root / f"peers-{len(out)}")
+                paths, truth = simulated_twins(root / name.replace(" ", "_"), args.cells, seed, rho)
+                rows = peer_rows(peer_inputs(paths["rna"], paths["adt"]), truth, seed, args, root / f"peers-{len(out)}")
                 out[name] = rows
                 _print_peer_rows(name, rows)
         if args.cite_seq.exists():

@@ -243,17 +243,11 @@ def main() -> None:
     for rep, name in [(r, n) for r in range(args.repeat) for n in names]:  # alternate: load drifts hit both alike
         if name == "authors":
             res = run_measured(authors, python=args.authors_python)
-            results.setdefault("runs", []).append(res)
-            best = results["cases"].get(name)
-            if best is None or "error" in best or res.get("steps_per_s", 0) > best.get("steps_per_s", 0):
-                results["cases"][name] = res
-            print(f"{name:9s} #{rep + 1} " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()),
-                  flush=True)
-            continue
-        cmd = [__file__, "--case", name, "--root", str(root), "--scratch", str(data / "scratch"), "--method", args.method,
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-               "--threads", str(args.threads), "--workers", str(args.workers)] + ([] if args.embed else ["--no-embed"])
-        res = run_measured(cmd)
+        else:
+            res = run_measured([__file__, "--case", name, "--root", str(root), "--scratch", str(data / "scratch"),
+                                "--method", args.method, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                                "--device", args.device, "--threads", str(args.threads), "--workers", str(args.workers)]
+                               + ([] if args.embed else ["--no-embed"]))
         results.setdefault("runs", []).append(res)
         best = results["cases"].get(name)
         if best is None or "error" in best or res.get("steps_per_s", 0) > best.get("steps_per_s", 0):
