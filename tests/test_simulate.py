@@ -48,6 +48,16 @@ def test_values_do_not_depend_on_chunk_size():
         np.testing.assert_array_equal(a, b)
 
 
+def test_values_do_not_depend_on_workers(tmp_path):
+    cfg = dict(n_genes=300, n_proteins=20, n_peaks=400, seed=2)
+    sim = AtlasSimulator(SimulationConfig(n_cells=2 * BLOCK_CELLS + 300, **cfg))
+    for m in ("rna", "adt", "atac"):
+        np.testing.assert_array_equal(_matrix(sim.source(m, workers=3), 5000), _matrix(sim.source(m), 5000))
+    with pytest.raises(InputError, match="workers must be >= 1"):
+        simulate_atlas(tmp_path / "x", 10, workers=0, progress=False, **cfg)
+    assert not (tmp_path / "x").exists()
+
+
 def test_same_seed_same_atlas_and_other_seed_differs():
     cfg = dict(n_cells=500, n_genes=300, n_proteins=20, n_peaks=400)
     a = _matrix(AtlasSimulator(SimulationConfig(seed=5, **cfg)).source("rna"), 256)
@@ -183,7 +193,7 @@ def test_cli_simulate(tmp_path):
 def test_million_cells_peak_rss_under_2gib(tmp_path):
     code = (
         "import resource, sys; from cellweave.simulate import simulate_atlas; "
-        f"simulate_atlas({str(tmp_path / 'big')!r}, 1_000_000, modalities=('rna',), n_genes=2000, progress=False); "
+        f"simulate_atlas({str(tmp_path / 'big')!r}, 1_000_000, modalities=('rna',), n_genes=2000, progress=False, workers=2); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

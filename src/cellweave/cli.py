@@ -248,7 +248,7 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
     with output_guard(args.out, overwrite=args.overwrite):
         paths = simulate_atlas(args.out, args.cells, modalities=modalities, paired=args.paired, n_batches=args.batches,
                                fmt=args.format, seed=args.seed, n_genes=args.genes, n_proteins=args.proteins,
-                               n_peaks=args.peaks, overwrite=args.overwrite)
+                               n_peaks=args.peaks, overwrite=args.overwrite, workers=args.workers)
     for name, path in paths.items():
         log.info("%s: %s", name, path)
 
@@ -425,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--genes", type=int, default=2000)
     s.add_argument("--proteins", type=int, default=150)
     s.add_argument("--peaks", type=int, default=5000)
+    s.add_argument("--workers", type=int, default=None,
+                   help="threads drawing cells at once (values do not depend on it; default: one per core, at most 8, "
+                        "from 32,768 cells)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_cmd_simulate)
 
