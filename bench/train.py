@@ -14,9 +14,10 @@ every cell; steps/s and peak RSS (with ``--repeat R``, cases alternate R times a
 each is compared). The in-memory baseline is skipped with ``--no-baseline`` (at 1M cells it
 needs ~9 GB for the dense RNA matrix alone).
 
-``--baseline authors --authors-path DIR [--authors-python PY]`` (scMODAL) compares with the authors' own published
-loop instead (bench/authors.py: their package imported from DIR, run by PY with its own dependencies; their
-CITE-seq tutorial's inputs built from the same stores and link table): speed as above (their step time and the
+``--baseline authors --authors-path DIR [--authors-python PY]`` (scMODAL, scMRDR) compares with the authors' own
+published loop instead (bench/authors.py: their package imported from DIR, run by PY with its own dependencies;
+scMODAL: their CITE-seq tutorial's inputs built from the same stores and link table; scMRDR: their tri-modal
+experiment's union-gene counts built from the same stores and links): speed as above (their step time and the
 peak RSS of their process), and with ``--quality-steps N ...`` quality of both at those step counts for every
 ``--seeds`` (FOSCTTM over twins, ADT <- RNA label transfer). Skipped with the reason printed when DIR or PY
 cannot run their code.
@@ -212,7 +213,7 @@ def main() -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the baseline")
     p.add_argument("--baseline", choices=["inmemory", "authors"], default="inmemory",
                    help="inmemory: cellweave's module on random draws from RAM; authors: their published code")
-    p.add_argument("--authors-path", help="folder holding the authors' package (scmodal/)")
+    p.add_argument("--authors-path", help="folder holding the authors' package (scmodal/, or scMRDR/ or src/scMRDR/)")
     p.add_argument("--authors-python", default=sys.executable, help="Python that imports the authors' package")
     p.add_argument("--quality-steps", type=int, nargs="*", default=[], help="with --baseline authors: score both here")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the quality comparison")
@@ -259,50 +260,60 @@ def main() -> None:
     if base in cases and "error" not in cases[base] and "error" not in cases["stream"]:
         results["ratio_steps_per_s"] = cases["stream"]["steps_per_s"] / cases[base]["steps_per_s"]
         results["ratio_peak_rss"] = cases["stream"]["peak_rss_mb"] / cases[base]["peak_rss_mb"]
-        print(f"stream / {base}: steps/s x{results['ratio_steps_per_s']:.2f}, peak RSS x{results['ratio_peak_rss']:.2f}")
+        results["ratio_peak_pss"] = cases["stream"]["peak_pss_mb"] / cases[base]["peak_pss_mb"]
+        print(f"stream / {base}: steps/s x{results['ratio_steps_per_s']:.2f}, peak RSS x{results['ratio_peak_rss']:.2f}, "
+              f"peak PSS x{results['ratio_peak_pss']:.2f}")
     if authors is not None and args.quality_steps:
         results["quality"] = quality(args, root, data)
     write_json(args.json, results)
 
 
 def authors_case(args: argparse.Namespace, root: Path, data: Path) -> list[str] | str:
-    """The command line of the authors' loop on the tutorial inputs of ``root``, or why it cannot run."""
+    """The command line of the authors' loop on their inputs built from ``root``, or why it cannot run.
+
+    scMODAL: their CITE-seq tutorial's inputs; scMRDR: their tri-modal experiment's (bench/authors.py)."""
     import anndata as ad
     import numpy as np
     import pandas as pd
 
-    from authors import RUNNER, find_package, tutorial_inputs, usable_python
+    from authors import RUNNER, RUNS, find_package, read_scmrdr_inputs, tutorial_inputs, usable_python
 
-    if args.method != "scmodal":
-        return f"the authors' loop is wired for scmodal only, not {args.method}"
-    code, why = find_package(args.authors_path)
-    why = why or usable_python(args.authors_python, code)
+    if args.method not in RUNS:
+        return f"the authors' loop is wired for {' and '.join(sorted(RUNS))} only, not {args.method}"
+    package = RUNS[args.method][0]
+    code, why = find_package(args.authors_path, package)
+    why = why or usable_python(args.authors_python, code, package)
     if why:
         return why
-    inputs = data / "scratch" / "authors-inputs.npz"
+    inputs = data / "scratch" / f"authors-inputs-{args.method}.npz"
     if not inputs.exists():
         inputs.parent.mkdir(parents=True, exist_ok=True)
-        a, b, n_shared = tutorial_inputs(ad.read_zarr(root / "rna.zarr"), ad.read_zarr(root / "adt.zarr"),
-                                         pd.read_csv(root / "links.tsv", sep="\t"))
-        np.savez(inputs, a=a, b=b, n_shared=n_shared)
-    return [str(RUNNER), "--code", str(code), "--inputs", str(inputs), "--steps", str(args.warmup + args.steps),
-            "--warmup", str(args.warmup), "--threads", str(args.threads), "--model-path", str(data / "scratch" / "authors-model")]
+        if args.method == "scmodal":
+            a, b, n_shared = tutorial_inputs(ad.read_zarr(root / "rna.zarr"), ad.read_zarr(root / "adt.zarr"),
+                                             pd.read_csv(root / "links.tsv", sep="\t"))
+            np.savez(inputs, a=a, b=b, n_shared=n_shared)
+        else:
+            np.savez(inputs, **read_scmrdr_inputs(root)[0])
+    return [str(RUNNER), "--method", args.method, "--code", str(code), "--inputs", str(inputs), "--steps",
+            str(args.warmup + args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads), "--model-path",
+            str(data / "scratch" / "authors-model")]
 
 
 def quality(args: argparse.Namespace, root: Path, data: Path) -> list[dict]:
     """Both loops scored at ``--quality-steps`` for every ``--seeds`` (FOSCTTM, ADT <- RNA label transfer)."""
     import shutil
 
-    from authors import find_package, run_authors_scmodal, run_cellweave_scmodal
+    from authors import RUNS, find_package
 
-    code, _ = find_package(args.authors_path)
+    package, run_authors, run_cellweave = RUNS[args.method]
+    code, _ = find_package(args.authors_path, package)
     rows = []
     for seed in args.seeds:
-        run_dir = data / "scratch" / f"quality-run-{seed}"
+        run_dir = data / "scratch" / f"quality-run-{args.method}-{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        for impl, res in (("cellweave", run_cellweave_scmodal(root, args.quality_steps, seed, run_dir)),
-                          ("authors", run_authors_scmodal(root, args.authors_python, code, args.quality_steps, seed,
-                                                          args.threads, data / "scratch"))):
+        for impl, res in (("cellweave", run_cellweave(root, args.quality_steps, seed, run_dir)),
+                          ("authors", run_authors(root, args.authors_python, code, args.quality_steps, seed,
+                                                  args.threads, data / "scratch"))):
             for row in res.get("curve", []):
                 rows.append({"impl": impl, "seed": seed, **row})
                 print(f"quality {impl:9s} seed {seed} step {row['steps']:>5}: FOSCTTM {row['foscttm']:.3f}, "
