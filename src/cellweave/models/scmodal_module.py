@@ -238,7 +238,7 @@ class SCMODALModule(TrainingModule):
         return sum(discriminator_loss(self.discriminators[pair_key(a, b)](z[a]), self.discriminators[pair_key(a, b)](z[b]))
                    for a, b in self.chain)
 
-    def training_step(self, batch: Mapping, ctx) -> dict[str, float]:
+    def training_step(self, batch: Mapping, ctx) -> dict[str, torch.Tensor | float]:
         raw = {m: batch[m].dense(ctx.device) for m in self.order}
         with torch.no_grad():  # each modality's encoder input, its linked block in place
             x = {m: self.augment(m, raw[m]) for m in self.order}
@@ -252,7 +252,7 @@ class SCMODALModule(TrainingModule):
                 with ctx.autocast():
                     d_loss = self._discriminator_loss({m: v.float() for m, v in z_fixed.items()})
                 ctx.optimize(d_loss, "discriminator")
-            terms["disc"] = float(d_loss.detach())
+            terms["disc"] = d_loss.detach()
             self.discriminators.requires_grad_(False)
         with ctx.autocast():
             z = {m: self.encoders[m](x[m]) for m in self.order}
@@ -278,7 +278,7 @@ class SCMODALModule(TrainingModule):
             total = w.gan * gan + w.ae * recon + w.cross * cross + w.anchor * anchors + w.geo * geo
         ctx.optimize(total, "generator")
         self.discriminators.requires_grad_(True)
-        terms.update({"loss": float(total.detach()), "gan": float(gan.detach()), "ae": float(recon.detach()),
-                      "cross": float(cross.detach()), "anchor": float(anchors.detach()), "geo": float(geo.detach()),
-                      "mnn_pairs": float(n_pairs)})
+        # tensors, summed on the device by the Trainer: no host sync per term and step
+        terms.update({"loss": total.detach(), "gan": gan.detach(), "ae": recon.detach(), "cross": cross.detach(),
+                      "anchor": anchors.detach(), "geo": geo.detach(), "mnn_pairs": float(n_pairs)})
         return terms
