@@ -20,7 +20,7 @@ scMODAL: their CITE-seq tutorial's inputs built from the same stores and link ta
 experiment's union-gene counts built from the same stores and links): speed as above (their step time and the
 peak RSS of their process), and with ``--quality-steps N ...`` quality of both at those step counts for every
 ``--seeds`` (FOSCTTM over twins, ADT <- RNA label transfer). Skipped with the reason printed when DIR or PY
-cannot run their code.
+cannot run their code. ``--config JSON`` sets cellweave config fields over the defaults (experiments).
 """
 
 from __future__ import annotations
@@ -64,11 +64,13 @@ def prepare(data: Path, method: str, cells: int, genes: int, proteins: int, peak
     return root
 
 
-def _model(method: str, root: Path):
+def _model(method: str, root: Path, config: dict | None = None):
     from cellweave.models import METHODS
 
     modalities, _, extra = DATA_FOR[method]
     settings = {"seed": 0} | {k: str(root / v) if k in ("genes_bed", "links") else v for k, v in extra.items()}
+    if config:
+        settings["config"] = config
     return METHODS[method].from_settings({m: root / f"{m}.zarr" for m in modalities}, settings)
 
 
@@ -157,7 +159,7 @@ def case(args: argparse.Namespace) -> dict:
     root = Path(args.root)
     out: dict = {"case": args.case}
     t = time.perf_counter()
-    model = _model(args.method, root)
+    model = _model(args.method, root, json.loads(args.config))
     out["setup_s"] = time.perf_counter() - t  # includes the one streamed statistics pass per modality
     model.device = torch.device(args.device)
     if args.case == "stream":
@@ -218,6 +220,7 @@ def main() -> None:
     p.add_argument("--quality-steps", type=int, nargs="*", default=[], help="with --baseline authors: score both here")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the quality comparison")
     p.add_argument("--no-embed", dest="embed", action="store_false", help="skip embedding every cell")
+    p.add_argument("--config", default="{}", help="JSON of cellweave config fields over the defaults (experiments)")
     p.add_argument("--data", type=Path)
     p.add_argument("--json", type=Path)
     p.add_argument("--case", help=argparse.SUPPRESS)
@@ -231,7 +234,7 @@ def main() -> None:
     root = prepare(data, args.method, args.cells, args.genes, args.proteins, args.peaks)
     results = {"method": args.method, "cells_per_modality": args.cells, "modalities": list(DATA_FOR[args.method][0]),
                "paired": DATA_FOR[args.method][1], "genes": args.genes, "proteins": args.proteins, "peaks": args.peaks,
-               "steps": args.steps, "device": args.device, "threads": args.threads, "machine": platform.platform(),
+               "steps": args.steps, "config": json.loads(args.config), "device": args.device, "threads": args.threads, "machine": platform.platform(),
                "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "cases": {}}
     authors = None
     if args.baseline == "authors" and not args.no_baseline:
@@ -247,7 +250,8 @@ def main() -> None:
         else:
             res = run_measured([__file__, "--case", name, "--root", str(root), "--scratch", str(data / "scratch"),
                                 "--method", args.method, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                                "--device", args.device, "--threads", str(args.threads), "--workers", str(args.workers)]
+                                "--device", args.device, "--threads", str(args.threads), "--workers", str(args.workers),
+                                "--config", args.config]
                                + ([] if args.embed else ["--no-embed"]))
         results.setdefault("runs", []).append(res)
         best = results["cases"].get(name)
@@ -311,7 +315,7 @@ def quality(args: argparse.Namespace, root: Path, data: Path) -> list[dict]:
     for seed in args.seeds:
         run_dir = data / "scratch" / f"quality-run-{args.method}-{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        for impl, res in (("cellweave", run_cellweave(root, args.quality_steps, seed, run_dir)),
+        for impl, res in (("cellweave", run_cellweave(root, args.quality_steps, seed, run_dir, json.loads(args.config))),
                           ("authors", run_authors(root, args.authors_python, code, args.quality_steps, seed,
                                                   args.threads, data / "scratch"))):
             for row in res.get("curve", []):
