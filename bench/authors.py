@@ -128,14 +128,15 @@ def _hvg(values: np.ndarray, batch=None, **options) -> np.ndarray:
     return a.var["highly_variable"].to_numpy()
 
 
-def scmrdr_inputs(rna, adt, atac, links: dict) -> dict[str, np.ndarray]:
+def scmrdr_inputs(rna, adt, atac, links: dict, all_rna_genes: bool = False) -> dict[str, np.ndarray]:
     """The authors' tri-modal experiment inputs from raw counts: one matrix of counts over the union genes.
 
     ``rna``, ``adt``, ``atac``: AnnData with counts in ``X`` and ``obs["batch"]``; ``links``: cellweave's resolved
     :class:`~cellweave.links.FeatureLinks` by modality pair (``("adt", "rna")``: protein -> genes, ``("rna",
     "atac")``: gene -> peaks). Returns ``x`` (cells x genes, float32 counts; RNA cells, then ATAC, then ADT),
     ``modality`` and ``batch`` per cell, ``features`` (gene names) and ``mask_<modality>`` (the column indices each
-    modality is reconstructed on).
+    modality is reconstructed on). ``all_rna_genes``: every RNA gene instead of its HVGs (a control: cellweave's
+    union on a panel no wider than its ``n_top_features``).
     """
     R = _dense(rna.X)
     genes = np.asarray(rna.var_names, str)
@@ -151,7 +152,7 @@ def scmrdr_inputs(rna, adt, atac, links: dict) -> dict[str, np.ndarray]:
         names.append(gene if gene not in taken else protein)
         taken.add(names[-1])
     P = _dense(adt.X)
-    rna_hvg = genes[_hvg(_norm_log(R), rna.obs["batch"], min_mean=0.02, max_mean=4, min_disp=0.5)]
+    rna_hvg = genes if all_rna_genes else genes[_hvg(_norm_log(R), rna.obs["batch"], min_mean=0.02, max_mean=4, min_disp=0.5)]
     gas_hvg = gas_genes[_hvg(_tfidf(G))]
     union = pd.Index(sorted(set(rna_hvg) | set(gas_hvg) | set(names)))
     x = np.zeros((len(R) + len(G) + len(P), len(union)), np.float32)

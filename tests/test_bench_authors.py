@@ -103,6 +103,11 @@ def test_scmrdr_inputs_lay_each_modality_on_the_union_genes(bench, atlas):
     covered = np.concatenate([inputs[f"mask_{m}"] for m in ("rna", "atac", "adt")])
     assert set(covered) == set(range(len(union)))
     assert 0 < len(inputs["mask_rna"]) < len(genes)
+    # the control with every RNA gene: the RNA masked on all its genes, the other modalities as before
+    full = bench.authors.scmrdr_inputs(data["rna"], data["adt"], data["atac"],
+                                       bench.authors.scmrdr_links(data, atlas / "genes.bed"), all_rna_genes=True)
+    assert sorted(full["features"][full["mask_rna"]]) == sorted(genes)
+    assert sorted(full["features"][full["mask_atac"]]) == sorted(inputs["features"][inputs["mask_atac"]])
 
 
 def test_authors_baseline_is_skipped_with_its_reason(bench, tmp_path):
