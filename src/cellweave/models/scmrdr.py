@@ -89,8 +89,9 @@ class SCMRDRConfig:
     likelihoods
         Per-modality overrides, by modality name.
     n_top_features
-        Highly variable genes kept per gene-level count modality wider than this (2000); every gene of a smaller
-        panel (proteins) joins the union.
+        Highly variable genes kept per gene-level count modality wider than this (500, about what the authors'
+        threshold-based selection keeps); every gene of a smaller panel (proteins) joins the union. Wider unions
+        integrated worse against the authors' code and on real CITE-seq cells (bench/RESULTS.md).
     val_fraction
         Share of each modality's cells held out, chosen by the seed, for early stopping on the whole validation
         loss (0.1; 0: no validation).
@@ -113,7 +114,7 @@ class SCMRDRConfig:
     count_likelihood: str = "zinb"
     normalized_likelihood: str = "gaussian"
     likelihoods: dict[str, str] = field(default_factory=dict)
-    n_top_features: int = 2000
+    n_top_features: int = 500
     val_fraction: float = 0.1
     patience: int | None = 10
 
