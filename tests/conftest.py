@@ -15,6 +15,16 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CITE_SEQ = SHARED_DATA / "pbmc_10k_protein_v3.h5ad"
 
 
+def load_script(path: Path, name: str | None = None):
+    """Import a script of the repository (bench/, tools/) that is not part of the package, as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def require_shared(path: Path) -> Path:
     """Skip the calling test with a reason when a file of ../shared/data is absent (users do not have it)."""
     if not path.exists():

@@ -9,7 +9,6 @@ the reason otherwise. The other tests check the wiring and the inputs without th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -21,14 +20,13 @@ import pytest
 
 from cellweave.simulate import simulate_atlas
 
+from .conftest import load_script
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH / f"{name}.py")
 
 
 @pytest.fixture(scope="module")

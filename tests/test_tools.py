@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,16 +13,13 @@ import scipy.sparse as sp
 from cellweave.data import InMemorySource, open_modality, write_zarr
 from cellweave.errors import InputError
 
-from .conftest import counts_source
+from .conftest import counts_source, load_script
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TOOLS / f"{name}.py")
 
 
 @pytest.fixture(scope="module")
