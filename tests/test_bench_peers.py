@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from .conftest import load_script
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -17,10 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 def links():
     sys.path.insert(0, str(BENCH))  # bench scripts import their sibling `measure`
     try:
-        spec = importlib.util.spec_from_file_location("bench_links", BENCH / "links.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
+        yield load_script(BENCH / "links.py", "bench_links")
     finally:
         sys.path.remove(str(BENCH))
 

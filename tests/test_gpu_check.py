@@ -3,11 +3,12 @@ table are written. It has not been run on a GPU here; on a CUDA machine tools/gp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from .conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,10 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "tools" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "tools" / "gpu_check.py")
 
 
 def test_knn_stage_and_outputs(tmp_path):

@@ -24,6 +24,8 @@ from cellweave.models import CVQVAE, SCMRDR, FactVAE, read_embedding
 from cellweave.models.mapping import read_labels
 from cellweave.simulate import simulate_atlas
 
+from .conftest import load_script
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SCMODAL_TOML = "[model]\nn_top_features = 200\nhidden = 128\nbatch_size = 256\n"
@@ -306,13 +308,9 @@ def test_soma_embeddings_go_under_a_key_per_run(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- SOMA: aligned by feature id
 def test_a_census_query_is_aligned_by_feature_id_with_missing_genes_empty(tmp_path):
-    import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "census_fixture.py"
-    spec = importlib.util.spec_from_file_location("census_fixture", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script(Path(__file__).resolve().parents[1] / "tools" / "census_fixture.py")
     exp = tool.write_census_fixture(tmp_path / "census.soma", 300, n_genes=40, n_datasets=2, n_donors=2, chunk_rows=128)
     reference = open_modality(f"{exp}::RNA", layer="raw")  # names: feature_name, ids: feature_id
     record = FeatureRecord.of(reference)

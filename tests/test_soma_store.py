@@ -15,7 +15,7 @@ from cellweave import InputError
 from cellweave.data import InMemorySource
 from cellweave.data.soma_store import SomaStore, write_soma
 
-from .conftest import CITE_SEQ, counts_source, require_shared
+from .conftest import CITE_SEQ, counts_source, load_script, require_shared
 
 RANGES = [(3, 9), (40, 41), (17, 30), (120, 150), (0, 2)]
 
@@ -223,14 +223,9 @@ LUNG = "tissue_general == 'lung' and is_primary_data == True"
 
 
 def _census_tool():
-    import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "census_fixture.py"
-    spec = importlib.util.spec_from_file_location("census_fixture", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(Path(__file__).resolve().parents[1] / "tools" / "census_fixture.py")
 
 
 @pytest.fixture(scope="module")
