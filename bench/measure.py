@@ -67,9 +67,10 @@ def _echo(stream, tail: bytearray, keep: int = 1 << 14) -> None:
 
 
 def write_json(path: Path | None, results: dict) -> None:
-    """Write the results file (creating its folder) when a path was given."""
+    """Write the results file (creating its folder) when a path was given, atomically under this process's own
+    temporary name (two benchmark processes writing one file no longer collide)."""
     if path is not None:
+        from cellweave.data.atomic import atomic_write_bytes
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, path)
+        atomic_write_bytes(path, json.dumps(results, indent=2).encode())

@@ -38,7 +38,7 @@ from torch import nn
 from ..data.batch import CellBatch
 from ..errors import InputError
 from ..nn import MLP, EMACodebook
-from ..train import StepContext, TrainingModule
+from ..train import StepContext, TrainingModule, adam
 from ..train.module import evaluating
 
 #: ``Var(x)`` in the reconstruction terms averages the minibatch variances of about this many recent cells
@@ -113,7 +113,7 @@ class CVQVAEModule(TrainingModule):
                 "weight_decay": self.weight_decay}
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"model": torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)}
+        return {"model": adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)}
 
     # ------------------------------------------------------------ pieces
     def batch_onehot(self, batch_codes: torch.Tensor | None, n: int, device: torch.device,

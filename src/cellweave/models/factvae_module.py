@@ -45,7 +45,7 @@ from ..errors import InputError
 from ..losses import kl_normal, regulatory_prior_loss, similarity_structure_loss
 from ..nn import MLP
 from ..nn.likelihoods import log_zinb
-from ..train import StepContext, TrainingModule
+from ..train import StepContext, TrainingModule, adam
 from ..train.module import evaluating
 
 #: bound of ``log theta`` (keeps ``exp`` finite; far outside any fitted dispersion)
@@ -192,8 +192,8 @@ class FactVAEModule(TrainingModule):
         return {"vae": 1.0, "ssa": self.weights.ssa}
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"vae": torch.optim.Adam(self.parameters(), lr=self.lr),
-                "atac_encoder": torch.optim.Adam(self.encoders[self.atac].parameters(), lr=self.ssa_lr)}
+        return {"vae": adam(self.parameters(), lr=self.lr),
+                "atac_encoder": adam(self.encoders[self.atac].parameters(), lr=self.ssa_lr)}
 
     # ------------------------------------------------------------ inputs
     def _counts(self, m: str, batch: Mapping[str, CellBatch], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,7 +41,7 @@ from ..losses import anchor_loss, discriminator_loss, geometry_loss
 from ..neighbors import mnn_pairs
 from ..neighbors.inputs import normalize_rows
 from ..nn import MLP, Discriminator
-from ..train import TrainingModule
+from ..train import TrainingModule, adam
 
 
 def _as_tensor(W) -> torch.Tensor:
@@ -179,9 +179,9 @@ class SCMODALModule(TrainingModule):
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         gen = list(self.encoders.parameters()) + list(self.decoders.parameters())
-        opts = {"generator": torch.optim.Adam(gen, lr=self.lr, weight_decay=self.weight_decay)}
+        opts = {"generator": adam(gen, lr=self.lr, weight_decay=self.weight_decay)}
         if self.chain:
-            opts["discriminator"] = torch.optim.Adam(self.discriminators.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            opts["discriminator"] = adam(self.discriminators.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         return opts
 
     def linked(self, s: str, t: str, x_s: torch.Tensor, x_t: torch.Tensor, raw_s: torch.Tensor | None = None,

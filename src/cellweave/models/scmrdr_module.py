@@ -55,7 +55,7 @@ from ..data.batch import CellBatch
 from ..errors import InputError
 from ..losses import isometric_loss, kl_normal, masked_reconstruction_loss
 from ..nn import MLP, Discriminator, log_gaussian, log_nb, log_zinb
-from ..train import StepContext, TrainingModule
+from ..train import StepContext, TrainingModule, adam
 
 LIKELIHOODS = ("zinb", "nb", "gaussian")
 COUNT_LIKELIHOODS = ("zinb", "nb")
@@ -167,9 +167,9 @@ class SCMRDRModule(TrainingModule):
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         disc = set(self.discriminator.parameters()) if self.discriminator is not None else set()
         vae = [p for p in self.parameters() if p not in disc]
-        opts = {"vae": torch.optim.Adam(vae, lr=self.lr, weight_decay=self.weight_decay)}
+        opts = {"vae": adam(vae, lr=self.lr, weight_decay=self.weight_decay)}
         if self.adversarial:
-            opts["discriminator"] = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            opts["discriminator"] = adam(self.discriminator.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         return opts
 
     # ------------------------------------------------------------------ networks

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data import CellBatch, CellStream
 from ..losses import kl_normal, masked_reconstruction_loss
+from ..train import adam
 from .scmrdr_module import SCMRDRModule
 
 
@@ -128,7 +129,7 @@ def fit_query_batches(module: SCMRDRModule, query: QueryBatches, streams: Mappin
     flags = {name: p.requires_grad for name, p in module.named_parameters()}
     module.to(device).eval().requires_grad_(False)
     query.to(device).train()
-    opt = torch.optim.Adam(query.parameters(), lr=lr or module.lr)
+    opt = adam(query.parameters(), lr=lr or module.lr)
     its = {m: itertools.chain.from_iterable(_epochs(s)) for m, s in streams.items()}
     losses = []
     try:

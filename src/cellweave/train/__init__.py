@@ -5,7 +5,7 @@ runs the loop over a cellweave stream and writes ``checkpoint.pt``, ``best.pt``,
 ``loss_curves.png`` into its run directory.
 """
 
-from .module import StepContext, TrainingModule
+from .module import StepContext, TrainingModule, adam
 from .trainer import Trainer, TrainResult, seed_everything, to_device
 
-__all__ = ["StepContext", "TrainResult", "Trainer", "TrainingModule", "seed_everything", "to_device"]
+__all__ = ["StepContext", "TrainResult", "Trainer", "TrainingModule", "adam", "seed_everything", "to_device"]

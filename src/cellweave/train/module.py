@@ -9,7 +9,7 @@ optimizers in any order (e.g. five discriminator updates, then one generator upd
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -93,6 +93,20 @@ class StepContext:
         self.scaler.step(opt)
         self.scaler.update()
         return norm
+
+
+def adam(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam with PyTorch's fused kernel (one kernel updates every parameter) where the parameters' device has one
+    (CPU, CUDA), else its multi-tensor kernel; the two agree to float rounding.
+
+    The fused kernel makes the six Adam updates of an scMODAL step (one generator, five discriminator) ~3x faster
+    on one CPU thread than the multi-tensor default.
+    """
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except RuntimeError:  # a device without a fused kernel
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 class TrainingModule(torch.nn.Module):
