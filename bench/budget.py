@@ -81,15 +81,15 @@ def run_curve(data: dict, method: str, steps: list[int], seed: int, run_dir: Pat
     t0 = time.perf_counter() - (rows[-1]["seconds"] if rows else 0.0)
     probe = METHODS[method].from_settings(data["stores"], {"links": data["table"], "seed": seed})
     per_epoch = len(probe.train_stream())
-    least = probe.least_epochs
-    auto = resolve_budget("auto", None, per_epoch, probe.authors_budget, least_epochs=least).max_steps
+    least = {"least_epochs": probe.least_epochs, "least_steps": probe.least_steps}
+    auto = resolve_budget("auto", None, per_epoch, probe.authors_budget, **least).max_steps
     patience = probe.config.patience if getattr(probe.config, "val_fraction", 0) > 0 else None
     stopped = any(r.get("point") == "auto" for r in rows)
     for n in sorted(set(steps) | {auto}):
         if (n, "curve") in done or (n, "auto") in done or (n == auto and n not in steps and stopped):
             continue
         model = METHODS[method].from_settings(data["stores"], {"links": data["table"], "seed": seed})
-        rules = {} if stopped else {"convergence": Convergence.for_data(per_epoch, least), "early_stopping_patience": patience}
+        rules = {} if stopped else {"convergence": Convergence.for_data(per_epoch, **least), "early_stopping_patience": patience}
         stops_off = {"convergence": None, "early_stopping_patience": None}
         result = model.fit(min(n, auto) if not stopped else n, run_dir=run_dir, progress=False,
                            resume=(run_dir / CHECKPOINT).exists(), **(stops_off | rules))
@@ -145,7 +145,7 @@ def replay(out: Path, rule: Convergence | None = None) -> None:
                 rows = read_losses(run / "losses.csv")
                 per_epoch = int(budget["steps_per_epoch"])
                 this = (Convergence(**(asdict(rule) | {"window": max(rule.window, per_epoch)})) if rule
-                        else Convergence.for_data(per_epoch, METHODS[method].least_epochs))
+                        else Convergence.for_data(per_epoch, METHODS[method].least_epochs, METHODS[method].least_steps))
                 stop = replay_stop(rows, budget["monitor"], this)
                 at = [r for r in curve if r["steps"] <= (stop or 10**9) and r.get("point", "curve") == "curve"]
                 print(f"{name:<12} {method:<8} seed {seed}: "

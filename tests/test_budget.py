@@ -21,7 +21,7 @@ from cellweave.data import CellStream, open_modality, write_zarr
 from cellweave.errors import InputError
 from cellweave.models.run import check_config
 from cellweave.train import Trainer, TrainingModule, checkpoint
-from cellweave.train.budget import AUTO_EPOCHS, AUTO_MIN_STEPS, AuthorsBudget, resolve_budget
+from cellweave.train.budget import AUTO_EPOCHS, AUTO_MIN_STEPS, LEAST_EPOCHS_MAX_STEPS, AuthorsBudget, resolve_budget
 from cellweave.train.convergence import Convergence, ConvergenceState, replay_stop
 
 from .conftest import CITE_SEQ, counts_source, require_shared
@@ -45,6 +45,13 @@ def test_auto_budget_follows_the_data_up_to_the_authors_ceiling():
     by_epochs = AuthorsBudget(epochs=200)
     assert resolve_budget("auto", None, 3, by_epochs).max_steps == 600  # 200 epochs of 3 batches < the least steps
     assert resolve_budget("auto", None, 5_000, by_epochs).max_steps == AUTO_EPOCHS * 5_000
+    # a method's least steps lift the authors' cap (scMRDR on 200 cells: 200 epochs of one batch)
+    lifted = resolve_budget("auto", None, 1, by_epochs, least_epochs=75, least_steps=AUTO_MIN_STEPS)
+    assert lifted.max_steps == AUTO_MIN_STEPS and "raised" in lifted.rule
+    assert resolve_budget("auto", None, 70, by_epochs, least_epochs=75, least_steps=AUTO_MIN_STEPS).max_steps == 75 * 70
+    # the least-epochs floor asks for at most LEAST_EPOCHS_MAX_STEPS; on an atlas the 20 passes are more
+    assert resolve_budget("auto", None, 400, by_epochs, least_epochs=75).max_steps == LEAST_EPOCHS_MAX_STEPS
+    assert resolve_budget("auto", None, 7_000, by_epochs, least_epochs=75).max_steps == AUTO_EPOCHS * 7_000
 
 
 def test_explicit_budgets_and_errors():
@@ -76,6 +83,8 @@ def test_default_rule_windows_are_an_epoch_and_at_least_100_steps():
     assert Convergence.for_data(2_000).min_steps == Convergence().min_steps
     assert Convergence.for_data(1, least_epochs=100).min_steps == Convergence().min_steps  # 200 cells: step 500
     assert Convergence.for_data(20, least_epochs=100).min_steps == 2_000  # 10k cells, batch 500: 100 passes
+    assert Convergence.for_data(1, least_epochs=75, least_steps=2_000).min_steps == 2_000  # scMRDR, 200 cells
+    assert Convergence.for_data(7_000, least_epochs=75).min_steps == LEAST_EPOCHS_MAX_STEPS  # 1M cells
 
 
 def test_rule_settings_are_checked():

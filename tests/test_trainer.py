@@ -207,6 +207,17 @@ def test_early_stopping_restores_best_weights(store, val_store, tmp_path):
     assert all(torch.equal(saved["model"][k], v) for k, v in module.state_dict().items())
 
 
+def test_default_validation_interval_is_a_pass_and_100_steps_when_stopping_early(store, val_store):
+    def validated_at(**kw) -> list[int]:
+        res = Trainer(max_steps=200, progress=False, **kw).fit(make_module(), train_stream(store), val_stream(val_store))
+        return [r["step"] for r in res.history if "val_loss" in r]
+
+    assert validated_at() == list(range(10, 201, 10))  # one pass: 300 cells in batches of 32
+    # patience 2 spans 2 x 100 steps, not 2 passes of 10 (a small stream's validation noise would stop the run)
+    assert validated_at(early_stopping_patience=2) == [100, 200]
+    assert validated_at(early_stopping_patience=2, val_every=10)[:3] == [10, 20, 30]  # given: kept
+
+
 def test_validation_is_cell_weighted_over_all_batches(store, val_store):
     module = make_module()
     val = val_stream(val_store)

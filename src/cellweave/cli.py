@@ -368,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--kind", action="append", metavar="[NAME=]KIND", help=KIND_HELP)
     f.add_argument("--batch-key", help="obs column with the batch of each cell (models with batch covariates)")
     f.add_argument("--config", help="run.toml: [model], [model.weights], [train], [inputs], seed")
-    f.add_argument("--max-steps", help="training steps, or 'auto' (default): max(2000, 20 epochs), at most the "
-                   "authors' budget; training also stops once the smoothed loss has converged (see --convergence)")
+    f.add_argument("--max-steps", help="training steps, or 'auto' (default): max(2000, 20 epochs, the method's least "
+                   "epochs), at most the authors' budget; training also stops once the smoothed loss has converged "
+                   "(see --convergence)")
     f.add_argument("--max-epochs", type=int, help="passes over the data instead of --max-steps")
     f.add_argument("--convergence", choices=["auto", "off"],
                    help="'auto' (default): stop once the smoothed training loss no longer improves; 'off': run the budget")

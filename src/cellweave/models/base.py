@@ -100,6 +100,8 @@ class IntegrationModel(ABC):
     authors_budget: AuthorsBudget = AuthorsBudget(steps=10_000)
     #: Passes over the data that ``max_steps="auto"`` and the convergence stop give at least (0: no floor).
     least_epochs: int = 0
+    #: Steps that ``max_steps="auto"`` (above the authors' budget if need be) and the convergence stop give at least.
+    least_steps: int = 0
 
     def __init__(self, modalities: Mapping[str, StoreLike] | MuData, seed: int = 0) -> None:
         modalities = expand_inputs(modalities)
@@ -236,7 +238,7 @@ class IntegrationModel(ABC):
         ----------
         max_steps
             Training steps, or ``"auto"``: fitted to the data (see :mod:`cellweave.train.budget`), at most the
-            authors' budget (:attr:`authors_budget`).
+            authors' budget (:attr:`authors_budget`) and at least the method's :attr:`least_steps`.
         run_dir
             Where the checkpoint, config, loss log and outputs go (``None``: keep nothing on disk). As with
             ``cellweave fit --out``, an existing run is refused unless ``overwrite`` or ``resume``, and the run is
@@ -294,9 +296,10 @@ class IntegrationModel(ABC):
                 self._check_recorded_features(read_feature_records(self.run_dir, list(self.stores)))
             train_data = self.train_stream()
             budget = resolve_budget(max_steps, max_epochs, len(train_data), self.authors_budget,
-                                    where=f"{type(self).__name__}.fit", least_epochs=self.least_epochs)
+                                    where=f"{type(self).__name__}.fit", least_epochs=self.least_epochs,
+                                    least_steps=self.least_steps)
             if convergence == "auto":
-                convergence = Convergence.for_data(budget.steps_per_epoch, self.least_epochs)
+                convergence = Convergence.for_data(budget.steps_per_epoch, self.least_epochs, self.least_steps)
             torch.manual_seed(self.seed)
             self.module = self.build_module()
             train = {"max_steps": max_steps, "max_epochs": max_epochs, "device": str(device), "precision": precision,

@@ -1,8 +1,9 @@
 """The step budget of a run: ``max_steps="auto"`` fitted to the data, ``max_epochs``, or a fixed count.
 
 ``"auto"`` gives ``max(AUTO_MIN_STEPS, AUTO_EPOCHS x batches per epoch, least_epochs x batches per epoch)``
-steps, capped by the authors' own budget (a step count, or an epoch count times the batches per epoch);
-``least_epochs`` is a method's own floor (scMODAL: 100 passes, see
+steps (the last at most ``LEAST_EPOCHS_MAX_STEPS``), capped by the authors' own budget (a step count, or an epoch count times the batches per epoch), and at
+least ``least_steps`` even where that cap is lower; ``least_epochs`` and ``least_steps`` are a method's own floors
+(scMODAL: 100 passes; scMRDR: 2,000 steps, whose authors' 200 epochs are 200 steps on 200 cells; see
 :attr:`~cellweave.models.base.IntegrationModel.least_epochs`). The figures were chosen from the quality-vs-steps
 curves in ``bench/RESULTS.md`` (``bench/budget.py``): on small data a fixed epoch count is far too few optimizer
 updates, on atlases the authors' budget is far more passes than needed, and the convergence stop
@@ -19,6 +20,14 @@ from ..errors import InputError
 AUTO_MIN_STEPS = 2000
 #: Passes over the largest modality of an automatic budget (large data).
 AUTO_EPOCHS = 20
+#: Most steps a method's ``least_epochs`` floor asks for (the longest run the budget curves were measured to):
+#: on an atlas 20 passes are already far more steps.
+LEAST_EPOCHS_MAX_STEPS = 10_000
+
+
+def least_epoch_steps(least_epochs: int, steps_per_epoch: int) -> int:
+    """The steps of a method's ``least_epochs`` floor: that many passes, at most :data:`LEAST_EPOCHS_MAX_STEPS`."""
+    return min(least_epochs * steps_per_epoch, LEAST_EPOCHS_MAX_STEPS)
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ class ResolvedBudget:
 
 
 def resolve_budget(max_steps: int | str, max_epochs: int | None, steps_per_epoch: int, authors: AuthorsBudget,
-                   where: str = "fit", least_epochs: int = 0) -> ResolvedBudget:
+                   where: str = "fit", least_epochs: int = 0, least_steps: int = 0) -> ResolvedBudget:
     """The number of training steps.
 
     Parameters
@@ -64,7 +73,10 @@ def resolve_budget(max_steps: int | str, max_epochs: int | None, steps_per_epoch
     where
         Named in errors.
     least_epochs
-        Passes over the data an automatic budget gives at least (still capped by the authors' budget).
+        Passes over the data an automatic budget gives at least, up to :data:`LEAST_EPOCHS_MAX_STEPS` steps (still
+        capped by the authors' budget).
+    least_steps
+        Steps an automatic budget gives at least, above the authors' budget if need be.
 
     Raises
     ------
@@ -82,12 +94,15 @@ def resolve_budget(max_steps: int | str, max_epochs: int | None, steps_per_epoch
         return ResolvedBudget(max_epochs * steps_per_epoch, f"{max_epochs} epochs x {steps_per_epoch} steps", steps_per_epoch)
     if max_steps == "auto":
         ceiling = authors.ceiling(steps_per_epoch)
-        epochs = max(AUTO_EPOCHS, least_epochs)
-        wanted = max(AUTO_MIN_STEPS, epochs * steps_per_epoch)
-        steps = min(wanted, ceiling) if ceiling > 0 else wanted
+        wanted = max(AUTO_MIN_STEPS, AUTO_EPOCHS * steps_per_epoch, least_epoch_steps(least_epochs, steps_per_epoch))
+        capped = min(wanted, ceiling) if ceiling > 0 else wanted
+        steps = max(capped, least_steps)
         cap = f"{authors.steps} steps" if authors.steps is not None else f"{authors.epochs} epochs"
-        rule = (f"auto: max({AUTO_MIN_STEPS}, {epochs} epochs x {steps_per_epoch} steps) = {wanted}"
-                + (f", capped at the authors' {cap} = {ceiling}" if 0 < ceiling < wanted else ""))
+        floor = (f", the method's {least_epochs} epochs up to {LEAST_EPOCHS_MAX_STEPS} steps" if least_epochs > AUTO_EPOCHS
+                 else "")
+        rule = (f"auto: max({AUTO_MIN_STEPS}, {AUTO_EPOCHS} epochs{floor}; {steps_per_epoch} steps per epoch) = {wanted}"
+                + (f", capped at the authors' {cap} = {ceiling}" if 0 < ceiling < wanted else "")
+                + (f", raised to the method's least {least_steps} steps" if steps > capped else ""))
         return ResolvedBudget(int(steps), rule, steps_per_epoch)
     if isinstance(max_steps, str):
         try:

@@ -9,7 +9,8 @@ terms that are negative (e.g. a geometry similarity). After ``patience`` windows
 improvement, and not before ``min_steps``, training stops. The models' default
 (:meth:`Convergence.for_data`) makes a window one epoch, and at least 100 steps, and never stops before step 500
 nor before a method's least number of passes over the data (scMODAL: 100; see ``bench/RESULTS.md``: on a
-10,000-cell atlas its loss flattens by step 500 while its matching keeps improving up to 100 epochs).
+10,000-cell atlas its loss flattens by step 500 while its matching keeps improving up to 100 epochs) or its least
+number of steps (scMRDR: 2,000).
 
 :func:`replay_stop` applies the same rule to the rows of a ``losses.csv`` (``bench/budget.py`` replays it on
 logged runs).
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import InputError
+from .budget import least_epoch_steps
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,13 @@ class Convergence:
             raise InputError("convergence", "rel_tol", f"must be in [0, 1), got {self.rel_tol!r}", "set rel_tol to e.g. 0.02")
 
     @classmethod
-    def for_data(cls, steps_per_epoch: int, least_epochs: int = 0) -> Convergence:
+    def for_data(cls, steps_per_epoch: int, least_epochs: int = 0, least_steps: int = 0) -> Convergence:
         """The default rule for a stream of ``steps_per_epoch`` batches: windows of one epoch, at least 100 steps
         (small data: many epochs per window; atlases: a window is a pass over the cells); no stop before
-        ``least_epochs`` passes over the data (nor before step 500)."""
-        return cls(window=max(cls.window, steps_per_epoch), min_steps=max(cls.min_steps, least_epochs * steps_per_epoch))
+        ``least_epochs`` passes over the data (up to :data:`~cellweave.train.budget.LEAST_EPOCHS_MAX_STEPS` steps)
+        nor before ``least_steps`` (nor before step 500)."""
+        return cls(window=max(cls.window, steps_per_epoch),
+                   min_steps=max(cls.min_steps, least_epoch_steps(least_epochs, steps_per_epoch), least_steps))
 
     def as_dict(self) -> dict[str, Any]:
         """The settings, for the run's config."""
