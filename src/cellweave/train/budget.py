@@ -1,10 +1,10 @@
 """The step budget of a run: ``max_steps="auto"`` fitted to the data, ``max_epochs``, or a fixed count.
 
 ``"auto"`` gives ``max(AUTO_MIN_STEPS, AUTO_EPOCHS x batches per epoch, least_epochs x batches per epoch)``
-steps (the last at most ``LEAST_EPOCHS_MAX_STEPS``), capped by the authors' own budget (a step count, or an epoch count times the batches per epoch), and at
-least ``least_steps`` even where that cap is lower; ``least_epochs`` and ``least_steps`` are a method's own floors
-(scMODAL: 100 passes; scMRDR: 2,000 steps, whose authors' 200 epochs are 200 steps on 200 cells; see
-:attr:`~cellweave.models.base.IntegrationModel.least_epochs`). The figures were chosen from the quality-vs-steps
+steps (the last at most ``LEAST_EPOCHS_MAX_STEPS``), capped by the authors' own budget (a step count, or an epoch
+count times the batches per epoch), and at least ``least_steps`` even where that cap is lower. ``least_epochs``
+and ``least_steps`` are a method's own floors (scMODAL: 100 passes; scMRDR: 75 passes and 2,000 steps, as its
+authors' 200 epochs are 200 steps on 200 cells; see :attr:`~cellweave.models.base.IntegrationModel.least_epochs`). The figures were chosen from the quality-vs-steps
 curves in ``bench/RESULTS.md`` (``bench/budget.py``): on small data a fixed epoch count is far too few optimizer
 updates, on atlases the authors' budget is far more passes than needed, and the convergence stop
 (:mod:`cellweave.train.convergence`) ends many runs before the budget.
